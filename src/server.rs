@@ -1,0 +1,131 @@
+//! The accept loop: takes connections off a bound listener, gives each its
+//! own task (handshake, then session), and shuts everything down in order.
+//!
+//! `run` takes an already-bound listener and a shutdown future, so the binary
+//! binds the configured address while tests bind `127.0.0.1:0` and drive the
+//! real server in-process.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tokio_websockets::{Limits, ServerBuilder};
+use tracing::{debug, error, info, info_span, warn, Instrument as _};
+
+use crate::handshake::{self, HANDSHAKE_TIMEOUT};
+use crate::hub::{Hub, HubConfig};
+use crate::session;
+
+/// Largest chat message a client may send, in bytes (a single frame or all
+/// fragments of one message together). Bigger ones end the connection with
+/// Close 1009.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+/// How long connections get to close after shutdown begins.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+/// First pause after a failed `accept`; doubles up to [`MAX_ACCEPT_BACKOFF`].
+const MIN_ACCEPT_BACKOFF: Duration = Duration::from_millis(5);
+/// Longest pause after repeated `accept` failures.
+const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
+
+/// Settings of a server.
+#[derive(Debug, Clone, Default)]
+pub struct Config {
+    /// Settings of the shared chat state.
+    pub hub: HubConfig,
+}
+
+/// Serves chat connections from `listener` until `shutdown` completes, then
+/// closes every connection with Close 1001 and returns.
+///
+/// Errors of single connections, including failed accepts (such as running
+/// out of file descriptors), are logged and never end the server.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let hub = Hub::new(config.hub.clone());
+    let stop = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    tokio::pin!(shutdown);
+
+    let mut backoff = MIN_ACCEPT_BACKOFF;
+    loop {
+        let accepted = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, addr)) => {
+                backoff = MIN_ACCEPT_BACKOFF;
+                let span = info_span!("conn", %addr);
+                tasks.spawn(
+                    serve_connection(stream, addr, hub.clone(), stop.clone()).instrument(span),
+                );
+            }
+            Err(e) => {
+                // EMFILE and friends: wait for connections to free resources
+                // rather than spinning or giving up.
+                error!(error = %e, retry_in = ?backoff, "accept failed");
+                tokio::select! {
+                    () = &mut shutdown => break,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(MAX_ACCEPT_BACKOFF);
+            }
+        }
+    }
+
+    info!(connections = tasks.len(), "shutting down");
+    drop(listener);
+    stop.cancel();
+    tasks.close();
+    if tokio::time::timeout(SHUTDOWN_GRACE, tasks.wait())
+        .await
+        .is_err()
+    {
+        warn!(
+            remaining = tasks.len(),
+            "some connections did not close in time"
+        );
+    }
+    info!("stopped");
+    Ok(())
+}
+
+/// One connection from TCP accept to the end of its session.
+async fn serve_connection(
+    mut stream: TcpStream,
+    addr: SocketAddr,
+    hub: Hub,
+    stop: CancellationToken,
+) {
+    // Chat frames are small and latency matters more than packet count; the
+    // session batches its writes itself.
+    if let Err(e) = stream.set_nodelay(true) {
+        debug!(error = %e, "could not set TCP_NODELAY");
+    }
+    let accepted = tokio::select! {
+        () = stop.cancelled() => return,
+        accepted = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake::accept(&mut stream)) => accepted,
+    };
+    let accepted = match accepted {
+        Ok(Ok(accepted)) => accepted,
+        Ok(Err(e)) => {
+            info!(error = %e, "handshake failed");
+            return;
+        }
+        Err(_) => {
+            info!(timeout = ?HANDSHAKE_TIMEOUT, "handshake timed out");
+            return;
+        }
+    };
+    info!(encoding = ?accepted.encoding, "connected");
+    let ws = ServerBuilder::new()
+        .limits(Limits::default().max_payload_len(Some(MAX_MESSAGE_BYTES)))
+        .serve(stream);
+    session::run(ws, addr, accepted.encoding, hub, stop).await;
+}

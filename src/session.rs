@@ -1,0 +1,282 @@
+//! One chat connection after its WebSocket upgrade: the only module that
+//! speaks WebSocket on the server side.
+//!
+//! A session is one task running one loop. Each turn it waits for whichever
+//! comes first — a frame from the client, a message from its room, or
+//! shutdown — handles it, and then writes: every reply it owes, then every
+//! room message already waiting in its receiver, then a single flush. A busy
+//! connection therefore gets many frames per `writev`, which is where the
+//! fan-out's speed comes from.
+//!
+//! A receiver that lags is told how many messages it missed and carries on;
+//! lagging never ends a session.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt as _, StreamExt as _};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+use tokio_util::sync::CancellationToken;
+use tokio_websockets::{CloseCode, Message, WebSocketStream};
+use tracing::{debug, info};
+
+use crate::hub::{Hub, MemberId, Shared};
+use crate::protocol::{parse_input, Encoding, Event, Input};
+
+/// Most room messages written in one turn before the loop looks at the
+/// client and at shutdown again.
+const MAX_BATCH: usize = 512;
+/// How long a closing handshake may take before the socket is dropped.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Runs one session to its end. Never returns an error: whatever ends the
+/// session is logged here, in the connection's span, and touches no one else.
+pub async fn run<S>(
+    ws: WebSocketStream<S>,
+    addr: SocketAddr,
+    encoding: Encoding,
+    hub: Hub,
+    shutdown: CancellationToken,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let joined = hub.connect(addr);
+    let mut session = Session {
+        ws,
+        encoding,
+        hub: hub.clone(),
+        id: joined.id,
+        rx: joined.rx,
+        pending: VecDeque::new(),
+    };
+    session.reply(&joined.welcome);
+    let end = session.serve(&shutdown).await;
+    hub.disconnect(session.id);
+    session.finish(end).await;
+}
+
+/// Why a session's loop ended.
+#[derive(Debug)]
+enum End {
+    /// The server is shutting down.
+    Shutdown,
+    /// The client sent a Close frame.
+    ClosedByClient(Option<(CloseCode, String)>),
+    /// The client asked to leave with `/quit`.
+    Quit,
+    /// The connection ended without a Close frame.
+    Gone,
+    /// A protocol or I/O error.
+    Failed(tokio_websockets::Error),
+}
+
+struct Session<S> {
+    ws: WebSocketStream<S>,
+    encoding: Encoding,
+    hub: Hub,
+    id: MemberId,
+    rx: tokio::sync::broadcast::Receiver<Shared>,
+    /// Frames for this client alone (replies, notices), written before the
+    /// next room messages.
+    pending: VecDeque<Message>,
+}
+
+impl<S> Session<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    async fn serve(&mut self, shutdown: &CancellationToken) -> End {
+        loop {
+            let step = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => Err(End::Shutdown),
+                incoming = self.ws.next() => self.on_frame(incoming),
+                received = self.rx.recv() => {
+                    self.on_room_message(received);
+                    Ok(())
+                }
+            };
+            if let Err(end) = step {
+                return end;
+            }
+            // Writing can block on a client that does not read; shutdown must
+            // still get through.
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => return End::Shutdown,
+                written = self.write_ready() => {
+                    if let Err(e) = written {
+                        return End::Failed(e);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Handles one frame from the client.
+    fn on_frame(
+        &mut self,
+        incoming: Option<Result<Message, tokio_websockets::Error>>,
+    ) -> Result<(), End> {
+        let msg = match incoming {
+            None => return Err(End::Gone),
+            Some(Err(e)) => return Err(End::Failed(e)),
+            Some(Ok(msg)) => msg,
+        };
+        if let Some(text) = msg.as_text() {
+            self.on_line(text)
+        } else if let Some((code, reason)) = msg.as_close() {
+            Err(End::ClosedByClient(Some((code, reason.to_string()))))
+        } else if msg.is_close() {
+            Err(End::ClosedByClient(None))
+        } else if msg.is_binary() {
+            self.reply(&Event::Error {
+                message: "binary frames are not supported; send text frames".into(),
+            });
+            Ok(())
+        } else {
+            // Ping and pong: tokio-websockets answers pings itself.
+            Ok(())
+        }
+    }
+
+    /// Handles one line of text: a chat message or a command.
+    fn on_line(&mut self, line: &str) -> Result<(), End> {
+        match parse_input(line) {
+            Input::Empty => {}
+            Input::Chat(text) => {
+                if let Err(e) = self.hub.say(self.id, text) {
+                    self.reply(&Event::Error {
+                        message: e.to_string(),
+                    });
+                }
+            }
+            Input::Command { name, .. } => match name.to_ascii_lowercase().as_str() {
+                "help" => {
+                    for line in HELP {
+                        self.reply(&Event::Info {
+                            text: (*line).to_string(),
+                        });
+                    }
+                }
+                "quit" => return Err(End::Quit),
+                _ => self.reply(&Event::Error {
+                    message: format!("unknown command /{name}; /help lists commands"),
+                }),
+            },
+        }
+        Ok(())
+    }
+
+    fn on_room_message(&mut self, received: Result<Shared, RecvError>) {
+        match received {
+            Ok(shared) => self
+                .pending
+                .push_back(self.frame(shared.get(self.encoding))),
+            Err(RecvError::Lagged(count)) => self.reply(&Event::Skipped { count }),
+            // The hub never drops a room that has members.
+            Err(RecvError::Closed) => {}
+        }
+    }
+
+    /// Queues an event for this client alone.
+    fn reply(&mut self, event: &Event) {
+        let msg = self.event_frame(event);
+        self.pending.push_back(msg);
+    }
+
+    /// A frame for an event encoded for this client alone.
+    fn event_frame(&self, event: &Event) -> Message {
+        Message::text(match self.encoding {
+            Encoding::Text => event.to_text(),
+            Encoding::Json => event.to_json(),
+        })
+    }
+
+    /// A frame sharing the bytes of an event encoded once for everyone.
+    fn frame(&self, bytes: &Bytes) -> Message {
+        Message::text(bytes.clone())
+    }
+
+    /// Writes what this client is owed, then every room message already
+    /// waiting (up to [`MAX_BATCH`]), then flushes once.
+    async fn write_ready(&mut self) -> Result<(), tokio_websockets::Error> {
+        while let Some(msg) = self.pending.pop_front() {
+            self.ws.feed(msg).await?;
+        }
+        for _ in 0..MAX_BATCH {
+            let msg = match self.rx.try_recv() {
+                Ok(shared) => self.frame(shared.get(self.encoding)),
+                Err(TryRecvError::Lagged(count)) => self.event_frame(&Event::Skipped { count }),
+                Err(TryRecvError::Empty | TryRecvError::Closed) => break,
+            };
+            self.ws.feed(msg).await?;
+        }
+        self.ws.flush().await
+    }
+
+    /// Ends the connection politely where the peer can still hear it, and
+    /// logs why it ended.
+    async fn finish(mut self, end: End) {
+        match end {
+            End::Shutdown => {
+                info!("closing: server shutting down");
+                let close = Message::close(Some(CloseCode::GOING_AWAY), "server shutting down");
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+                    self.ws.send(close).await?;
+                    self.ws.close().await
+                })
+                .await;
+            }
+            End::Quit => {
+                info!("left with /quit");
+                let close = Message::close(Some(CloseCode::NORMAL_CLOSURE), "bye");
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+                    self.ws.send(close).await?;
+                    self.ws.close().await
+                })
+                .await;
+            }
+            End::ClosedByClient(close) => {
+                match close {
+                    Some((code, reason)) => {
+                        info!(code = u16::from(code), reason = %reason, "client closed the connection")
+                    }
+                    None => info!("client closed the connection"),
+                }
+                // tokio-websockets has queued the answering Close; the next
+                // read flushes it and reports the end of the stream.
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.ws.next()).await;
+            }
+            End::Gone => info!("connection dropped without a Close frame"),
+            End::Failed(e) => {
+                info!(error = %e, "connection failed");
+                // For protocol errors tokio-websockets has queued a Close with
+                // the right code; try to deliver it.
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.ws.flush()).await;
+            }
+        }
+        debug!("session ended");
+    }
+}
+
+/// The `/help` text, one line per command.
+const HELP: &[&str] = &[
+    "commands:",
+    "  /help         this list",
+    "  /quit         leave the chat",
+    "  //text        send a message that starts with '/'",
+];
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn help_lists_every_handled_command() {
+        for cmd in ["/help", "/quit"] {
+            assert!(super::HELP.iter().any(|l| l.contains(cmd)), "{cmd}");
+        }
+    }
+}
