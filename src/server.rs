@@ -7,6 +7,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
@@ -31,10 +32,21 @@ const MIN_ACCEPT_BACKOFF: Duration = Duration::from_millis(5);
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 
 /// Settings of a server.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Config {
     /// Settings of the shared chat state.
     pub hub: HubConfig,
+    /// How long a client has to complete the HTTP upgrade.
+    pub handshake_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            hub: HubConfig::default(),
+            handshake_timeout: HANDSHAKE_TIMEOUT,
+        }
+    }
 }
 
 /// Serves chat connections from `listener` until `shutdown` completes, then
@@ -48,6 +60,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let hub = Hub::new(config.hub.clone());
+    let config = Arc::new(config);
     let stop = CancellationToken::new();
     let tasks = TaskTracker::new();
     tokio::pin!(shutdown);
@@ -62,9 +75,9 @@ pub async fn run(
             Ok((stream, addr)) => {
                 backoff = MIN_ACCEPT_BACKOFF;
                 let span = info_span!("conn", %addr);
-                tasks.spawn(
-                    serve_connection(stream, addr, hub.clone(), stop.clone()).instrument(span),
-                );
+                let conn =
+                    serve_connection(stream, addr, hub.clone(), config.clone(), stop.clone());
+                tasks.spawn(conn.instrument(span));
             }
             Err(e) => {
                 // EMFILE and friends: wait for connections to free resources
@@ -101,6 +114,7 @@ async fn serve_connection(
     mut stream: TcpStream,
     addr: SocketAddr,
     hub: Hub,
+    config: Arc<Config>,
     stop: CancellationToken,
 ) {
     // Chat frames are small and latency matters more than packet count; the
@@ -110,7 +124,7 @@ async fn serve_connection(
     }
     let accepted = tokio::select! {
         () = stop.cancelled() => return,
-        accepted = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake::accept(&mut stream)) => accepted,
+        accepted = tokio::time::timeout(config.handshake_timeout, handshake::accept(&mut stream)) => accepted,
     };
     let accepted = match accepted {
         Ok(Ok(accepted)) => accepted,
@@ -119,7 +133,7 @@ async fn serve_connection(
             return;
         }
         Err(_) => {
-            info!(timeout = ?HANDSHAKE_TIMEOUT, "handshake timed out");
+            info!(timeout = ?config.handshake_timeout, "handshake timed out");
             return;
         }
     };

@@ -90,6 +90,18 @@ where
 {
     async fn serve(&mut self, shutdown: &CancellationToken) -> End {
         loop {
+            // Write first: what the last step produced (and the welcome, on
+            // the first turn). Writing can block on a client that does not
+            // read; shutdown must still get through.
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => return End::Shutdown,
+                written = self.write_ready() => {
+                    if let Err(e) = written {
+                        return End::Failed(e);
+                    }
+                }
+            }
             let step = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => Err(End::Shutdown),
@@ -101,17 +113,6 @@ where
             };
             if let Err(end) = step {
                 return end;
-            }
-            // Writing can block on a client that does not read; shutdown must
-            // still get through.
-            tokio::select! {
-                biased;
-                () = shutdown.cancelled() => return End::Shutdown,
-                written = self.write_ready() => {
-                    if let Err(e) = written {
-                        return End::Failed(e);
-                    }
-                }
             }
         }
     }

@@ -52,6 +52,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
             name: args.name,
             channel_capacity: args.channel_capacity as usize,
         },
+        ..Config::default()
     };
     server::run(listener, config, shutdown_signal()).await
 }

@@ -1,0 +1,7 @@
+//! Integration tests: a real server on 127.0.0.1:0, in-process, driven by
+//! real WebSocket clients. Every await is bounded by a timeout so that a hang
+//! fails fast instead of stalling CI.
+
+mod support;
+
+mod core;

@@ -1,0 +1,146 @@
+//! Shared helpers: start a server, connect clients, receive with timeouts.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use chat::server::{self, Config};
+use futures_util::{SinkExt as _, StreamExt as _};
+use http::header::SEC_WEBSOCKET_PROTOCOL;
+use http::HeaderValue;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_websockets::{ClientBuilder, MaybeTlsStream, Message, WebSocketStream};
+
+/// Upper bound for any single wait in a test.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// A server running in this process.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    handle: JoinHandle<anyhow::Result<()>>,
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        Self::start_with(Config::default()).await
+    }
+
+    pub async fn start_with(config: Config) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let handle = tokio::spawn(server::run(listener, config, async {
+            let _ = stopped.await;
+        }));
+        TestServer {
+            addr,
+            stop: Some(stop),
+            handle,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("ws://{}", self.addr)
+    }
+
+    /// Begins shutdown and waits (bounded) for `run` to return.
+    pub async fn shutdown(mut self) -> Duration {
+        let started = std::time::Instant::now();
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        tokio::time::timeout(WAIT, &mut self.handle)
+            .await
+            .expect("server did not stop in time")
+            .expect("server task panicked")
+            .expect("server returned an error");
+        started.elapsed()
+    }
+}
+
+/// A test client with its own address.
+pub struct Client {
+    pub ws: Ws,
+    pub addr: SocketAddr,
+}
+
+impl Client {
+    /// Connects with the text encoding and consumes the welcome line.
+    pub async fn connect(server: &TestServer) -> Self {
+        let mut client = Self::connect_raw(server, None).await;
+        let welcome = client.recv_text().await;
+        assert!(welcome.starts_with("* welcome"), "first line: {welcome}");
+        client
+    }
+
+    /// Connects, offering `subprotocol` if given; reads nothing.
+    pub async fn connect_raw(server: &TestServer, subprotocol: Option<&'static str>) -> Self {
+        Self::connect_with(server, subprotocol).await.0
+    }
+
+    /// Connects and returns the server's handshake response too.
+    pub async fn connect_with(
+        server: &TestServer,
+        subprotocol: Option<&'static str>,
+    ) -> (Self, http::Response<()>) {
+        let mut builder = ClientBuilder::new().uri(&server.url()).unwrap();
+        if let Some(p) = subprotocol {
+            builder = builder
+                .add_header(SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(p))
+                .unwrap();
+        }
+        let (ws, response) = tokio::time::timeout(WAIT, builder.connect())
+            .await
+            .expect("connect timed out")
+            .expect("connect failed");
+        let MaybeTlsStream::Plain(tcp) = ws.get_ref();
+        let addr = tcp.local_addr().unwrap();
+        (Client { ws, addr }, response)
+    }
+
+    pub async fn send(&mut self, text: &str) {
+        tokio::time::timeout(WAIT, self.ws.send(Message::text(text.to_string())))
+            .await
+            .expect("send timed out")
+            .expect("send failed");
+    }
+
+    /// The next frame, which must be text.
+    pub async fn recv_text(&mut self) -> String {
+        let msg = self.recv().await;
+        msg.as_text()
+            .unwrap_or_else(|| panic!("expected a text frame, got {msg:?}"))
+            .to_string()
+    }
+
+    /// The next frame of any kind.
+    pub async fn recv(&mut self) -> Message {
+        tokio::time::timeout(WAIT, self.ws.next())
+            .await
+            .expect("timed out waiting for a frame")
+            .expect("connection ended")
+            .expect("connection failed")
+    }
+
+    /// The next text frame, parsed as JSON.
+    pub async fn recv_json(&mut self) -> serde_json::Value {
+        let text = self.recv_text().await;
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+    }
+
+    /// Reads until a line satisfies `pred`, returning it; at most `limit` lines.
+    pub async fn recv_until(&mut self, limit: usize, pred: impl Fn(&str) -> bool) -> String {
+        for _ in 0..limit {
+            let line = self.recv_text().await;
+            if pred(&line) {
+                return line;
+            }
+        }
+        panic!("no matching line within {limit} lines");
+    }
+}
