@@ -1,30 +1,45 @@
-//! The hub: who is connected, which room each member is in, and the
-//! broadcast channel of every room.
+//! The hub: who is connected, their nicknames, the rooms with their members
+//! and history, and the broadcast channel of every room.
 //!
 //! All state sits behind one `std::sync::Mutex`. Every method is synchronous
 //! and short (no `.await`, no socket, no I/O under the lock), so a std mutex
 //! is the right tool: it is cheaper than an async one and can never be held
-//! across a suspension point. Sessions only ever talk to the hub through this
+//! across a suspension point. Sessions talk to the hub only through this
 //! small API and never see its state.
 //!
-//! Publishing assigns the room's next sequence number, encodes the event once
-//! per encoding, and sends one `Arc` through the room's `broadcast` channel
-//! while still holding the lock, so sequence order and channel order are the
-//! same for every receiver. That publish path is the seam where a backplane
-//! shared by several servers can later sit: sessions call [`Hub::say`] and
-//! receive from a [`broadcast::Receiver`], whoever fills it.
+//! Publishing assigns the room's next sequence number, appends the line to
+//! the room's history, encodes the event once per encoding, and sends one
+//! `Arc` through the room's `broadcast` channel, all under the lock. So
+//! sequence order, history order and channel order are the same for every
+//! receiver, and a member who subscribes and snapshots the history in one
+//! critical section sees every line exactly once. That publish path is the
+//! seam where a backplane shared by several servers can later sit: sessions
+//! call the hub and receive from a [`broadcast::Receiver`] and an
+//! [`mpsc::Receiver`], whoever fills them.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::fmt;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, mpsc};
 
-use crate::protocol::{now_millis, Encoded, Event, TextError, DEFAULT_ROOM};
+pub use crate::protocol::Encoded;
+use crate::protocol::{
+    now_millis, validate_nick, validate_text, ChatLine, Event, MemberInfo, RoomInfo, TextError,
+    DEFAULT_HISTORY_REPLAY, DEFAULT_ROOM,
+};
 
 /// Default capacity of each room's broadcast channel: how far (in messages)
 /// a receiver may fall behind before it starts missing messages.
 pub const DEFAULT_CHANNEL_CAPACITY: usize = 4096;
+/// Default number of lines each room keeps for replay.
+pub const DEFAULT_HISTORY_DEPTH: usize = 1000;
+/// Default cap on the number of rooms.
+pub const DEFAULT_MAX_ROOMS: usize = 1000;
+/// Private messages and other events for one member that may wait for its
+/// session; beyond this the sender is told the recipient is not keeping up.
+pub const DIRECT_CAPACITY: usize = 256;
 
 /// What a room's channel carries: an event encoded once, shared by all.
 pub type Shared = Arc<Encoded>;
@@ -36,6 +51,10 @@ pub struct HubConfig {
     pub name: String,
     /// Capacity of each room's broadcast channel.
     pub channel_capacity: usize,
+    /// Lines of history each room keeps (0: none).
+    pub history_depth: usize,
+    /// Most rooms that may exist at once.
+    pub max_rooms: usize,
 }
 
 impl Default for HubConfig {
@@ -43,13 +62,73 @@ impl Default for HubConfig {
         HubConfig {
             name: "chat".into(),
             channel_capacity: DEFAULT_CHANNEL_CAPACITY,
+            history_depth: DEFAULT_HISTORY_DEPTH,
+            max_rooms: DEFAULT_MAX_ROOMS,
         }
     }
 }
 
 /// Identifies one connection for the hub's lifetime.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct MemberId(u64);
+
+/// A request the hub refused; the text is for the user who made it.
+#[derive(Debug, PartialEq, Eq)]
+pub enum HubError {
+    /// The text was not acceptable.
+    Text(TextError),
+    /// The nickname is not valid.
+    InvalidNick(String),
+    /// Someone else has the nickname.
+    NickTaken(String),
+    /// No member has that nickname or address.
+    NoSuchUser(String),
+    /// The recipient's queue is full.
+    RecipientBusy(String),
+    /// Creating another room would pass the cap.
+    TooManyRooms(usize),
+    /// Joining the room one is already in.
+    AlreadyInRoom(String),
+}
+
+impl fmt::Display for HubError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HubError::Text(e) => e.fmt(f),
+            HubError::InvalidNick(why) => f.write_str(why),
+            HubError::NickTaken(nick) => {
+                write!(
+                    f,
+                    "the nickname {nick} is taken; pick another with /nick NAME"
+                )
+            }
+            HubError::NoSuchUser(who) => {
+                write!(f, "nobody called {who} is online; /who lists your room")
+            }
+            HubError::RecipientBusy(who) => {
+                write!(
+                    f,
+                    "{who} is not keeping up; message not delivered, try again later"
+                )
+            }
+            HubError::TooManyRooms(max) => {
+                write!(
+                    f,
+                    "cannot create a room: the server has its maximum of {max}; /rooms lists them"
+                )
+            }
+            HubError::AlreadyInRoom(room) => write!(f, "you are already in {room}"),
+        }
+    }
+}
+
+impl std::error::Error for HubError {}
+
+impl From<TextError> for HubError {
+    fn from(e: TextError) -> Self {
+        HubError::Text(e)
+    }
+}
 
 /// A cheap, cloneable handle to the shared chat state.
 #[derive(Clone)]
@@ -59,6 +138,8 @@ pub struct Hub {
 
 struct Inner {
     config: HubConfig,
+    /// Identifies this run of the server, for `/resume`.
+    epoch: u64,
     state: Mutex<State>,
 }
 
@@ -66,6 +147,8 @@ struct Inner {
 struct State {
     next_id: u64,
     members: HashMap<MemberId, Member>,
+    /// Lower-cased nickname to its owner.
+    nicks: HashMap<String, MemberId>,
     rooms: HashMap<String, Room>,
 }
 
@@ -73,96 +156,331 @@ struct Member {
     addr: SocketAddr,
     nick: Option<String>,
     room: String,
+    /// Events for this member alone (private messages).
+    direct: mpsc::Sender<Shared>,
 }
 
-struct Room {
-    tx: broadcast::Sender<Shared>,
-    /// Sequence number of the last message published here (0: none yet).
-    last_seq: u64,
+/// A line kept in history, with which kind of event it was.
+#[derive(Debug)]
+struct Kept {
+    action: bool,
+    line: ChatLine,
 }
 
-impl Room {
-    fn new(capacity: usize) -> Self {
-        Room {
-            tx: broadcast::channel(capacity).0,
-            last_seq: 0,
+impl Kept {
+    fn event(&self, history: bool) -> Event {
+        let line = ChatLine {
+            history,
+            ..self.line.clone()
+        };
+        if self.action {
+            Event::Action(line)
+        } else {
+            Event::Message(line)
         }
     }
 }
 
-/// What a new connection gets from [`Hub::connect`].
+struct Room {
+    /// The live channel; `None` while the room is empty, so an idle room
+    /// costs no channel buffer.
+    tx: Option<broadcast::Sender<Shared>>,
+    /// Members in joining order.
+    members: BTreeSet<MemberId>,
+    /// Sequence number of the last line published here (0: none yet).
+    last_seq: u64,
+    /// The most recent lines, oldest first.
+    history: VecDeque<Arc<Kept>>,
+}
+
+impl Room {
+    fn new() -> Self {
+        Room {
+            tx: None,
+            members: BTreeSet::new(),
+            last_seq: 0,
+            history: VecDeque::new(),
+        }
+    }
+
+    /// Sends to everyone in the room (nobody listening is fine).
+    fn send(&self, event: &Event) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(Arc::new(event.encode()));
+        }
+    }
+
+    fn subscribe(&mut self, capacity: usize) -> broadcast::Receiver<Shared> {
+        match &self.tx {
+            Some(tx) => tx.subscribe(),
+            None => {
+                let (tx, rx) = broadcast::channel(capacity);
+                self.tx = Some(tx);
+                rx
+            }
+        }
+    }
+
+    /// The last `n` kept lines, oldest first.
+    fn recent(&self, n: usize) -> Vec<Arc<Kept>> {
+        let skip = self.history.len().saturating_sub(n);
+        self.history.iter().skip(skip).cloned().collect()
+    }
+}
+
+/// A member's view of the room it is in: what [`Hub::connect`] and
+/// [`Hub::join`] return.
 pub struct Joined {
+    /// The room's name.
+    pub room: String,
+    /// Live events of the room, from the moment of joining.
+    pub rx: broadcast::Receiver<Shared>,
+    /// The room's recent history (replay it before anything from `rx`).
+    pub history: History,
+}
+
+/// Lines replayed from a room's history, oldest first.
+pub struct History {
+    room: String,
+    lines: Vec<Arc<Kept>>,
+}
+
+impl History {
+    /// How many lines there are.
+    pub fn len(&self) -> usize {
+        self.lines.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.lines.is_empty()
+    }
+
+    /// The announcement that precedes a replay.
+    pub fn header(&self) -> Event {
+        Event::History {
+            room: self.room.clone(),
+            count: self.lines.len(),
+        }
+    }
+
+    /// The lines as events, marked as history.
+    pub fn events(&self) -> impl Iterator<Item = Event> + '_ {
+        self.lines.iter().map(|kept| kept.event(true))
+    }
+}
+
+/// What a new connection gets from [`Hub::connect`].
+pub struct Connected {
     /// The member's identity, for later calls.
     pub id: MemberId,
-    /// Live messages of the member's room, from the moment of joining.
-    pub rx: broadcast::Receiver<Shared>,
     /// The welcome event for this member alone.
     pub welcome: Event,
+    /// The default room.
+    pub joined: Joined,
+    /// Events addressed to this member alone.
+    pub direct: mpsc::Receiver<Shared>,
+}
+
+/// The answer to [`Hub::resume`].
+pub struct Resumed {
+    /// The missed lines still in history.
+    pub history: History,
+    /// The summary to send after them.
+    pub summary: Event,
 }
 
 impl Hub {
     /// A hub with the room [`DEFAULT_ROOM`] and nobody in it.
     pub fn new(config: HubConfig) -> Self {
         let mut state = State::default();
-        state
-            .rooms
-            .insert(DEFAULT_ROOM.to_string(), Room::new(config.channel_capacity));
+        state.rooms.insert(DEFAULT_ROOM.to_string(), Room::new());
         Hub {
             inner: Arc::new(Inner {
                 config,
+                epoch: new_epoch(),
                 state: Mutex::new(state),
             }),
         }
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
-        // A panic while holding the lock cannot leave the maps half-updated
-        // in a way that matters more than losing the whole chat, so keep going.
+        // Every method leaves the maps consistent before anything that could
+        // panic, so a poisoned lock still guards sound state.
         self.inner
             .state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Registers a new connection in the default room. The receiver is
-    /// subscribed before this returns, so nothing published afterwards is
-    /// missed.
-    pub fn connect(&self, addr: SocketAddr) -> Joined {
-        let capacity = self.inner.config.channel_capacity;
+    /// This server run's epoch (see [`Event::Welcome`]).
+    pub fn epoch(&self) -> u64 {
+        self.inner.epoch
+    }
+
+    /// Registers a new connection in the default room and announces it.
+    /// The receiver is subscribed and the history snapshotted in the same
+    /// critical section, so history and live lines neither overlap nor leave
+    /// a gap.
+    pub fn connect(&self, addr: SocketAddr) -> Connected {
         let mut state = self.state();
         state.next_id += 1;
         let id = MemberId(state.next_id);
-        let room = state
-            .rooms
-            .entry(DEFAULT_ROOM.to_string())
-            .or_insert_with(|| Room::new(capacity));
-        let rx = room.tx.subscribe();
+        let (direct_tx, direct_rx) = mpsc::channel(DIRECT_CAPACITY);
         state.members.insert(
             id,
             Member {
                 addr,
                 nick: None,
                 room: DEFAULT_ROOM.to_string(),
+                direct: direct_tx,
             },
         );
+        let joined = self.enter(&mut state, id, DEFAULT_ROOM);
         let welcome = Event::Welcome {
             server: self.inner.config.name.clone(),
             addr,
             room: DEFAULT_ROOM.to_string(),
             online: state.members.len(),
+            epoch: self.inner.epoch,
         };
-        Joined { id, rx, welcome }
+        Connected {
+            id,
+            welcome,
+            joined,
+            direct: direct_rx,
+        }
     }
 
-    /// Removes a connection. Safe to call more than once.
-    pub fn disconnect(&self, id: MemberId) {
-        self.state().members.remove(&id);
+    /// Puts member `id` into `room` (created if needed), subscribes it,
+    /// snapshots the history, and announces the arrival.
+    fn enter(&self, state: &mut State, id: MemberId, room_name: &str) -> Joined {
+        let capacity = self.inner.config.channel_capacity;
+        let (addr, nick) = match state.members.get_mut(&id) {
+            Some(m) => {
+                m.room = room_name.to_string();
+                (m.addr, m.nick.clone())
+            }
+            None => (SocketAddr::from(([0, 0, 0, 0], 0)), None),
+        };
+        let room = state
+            .rooms
+            .entry(room_name.to_string())
+            .or_insert_with(Room::new);
+        room.members.insert(id);
+        let rx = room.subscribe(capacity);
+        let history = History {
+            room: room_name.to_string(),
+            lines: room.recent(DEFAULT_HISTORY_REPLAY),
+        };
+        room.send(&Event::Joined {
+            room: room_name.to_string(),
+            addr,
+            nick,
+        });
+        Joined {
+            room: room_name.to_string(),
+            rx,
+            history,
+        }
     }
 
-    /// Publishes a chat message from `id` to its current room, the sender
-    /// included.
-    pub fn say(&self, id: MemberId, text: &str) -> Result<(), TextError> {
-        crate::protocol::validate_text(text)?;
+    /// Takes member `id` out of its room and announces the departure.
+    fn leave_room(&self, state: &mut State, id: MemberId, reason: Option<&str>) {
+        let Some(member) = state.members.get(&id) else {
+            return;
+        };
+        let (addr, nick, room_name) = (member.addr, member.nick.clone(), member.room.clone());
+        let Some(room) = state.rooms.get_mut(&room_name) else {
+            return;
+        };
+        room.members.remove(&id);
+        room.send(&Event::Left {
+            room: room_name.clone(),
+            addr,
+            nick,
+            reason: reason.map(String::from),
+        });
+        if room.members.is_empty() {
+            // Nobody listens: free the channel buffer. A room that never
+            // had a line is forgotten; one with lines keeps its history and
+            // sequence numbers for those who come back.
+            room.tx = None;
+            if room.last_seq == 0 && room_name != DEFAULT_ROOM {
+                state.rooms.remove(&room_name);
+            }
+        }
+    }
+
+    /// Removes a connection, telling its room why it left. Safe to call
+    /// more than once.
+    pub fn disconnect(&self, id: MemberId, reason: Option<&str>) {
+        let mut state = self.state();
+        self.leave_room(&mut state, id, reason);
+        if let Some(member) = state.members.remove(&id) {
+            if let Some(nick) = member.nick {
+                state.nicks.remove(&nick.to_ascii_lowercase());
+            }
+        }
+    }
+
+    /// Moves member `id` to another room.
+    pub fn join(&self, id: MemberId, room: &str) -> Result<Joined, HubError> {
+        let mut state = self.state();
+        let current = state.members.get(&id).map(|m| m.room.clone());
+        if current.as_deref() == Some(room) {
+            return Err(HubError::AlreadyInRoom(room.to_string()));
+        }
+        let max = self.inner.config.max_rooms;
+        if !state.rooms.contains_key(room) && state.rooms.len() >= max {
+            return Err(HubError::TooManyRooms(max));
+        }
+        self.leave_room(&mut state, id, Some(&format!("joined {room}")));
+        Ok(self.enter(&mut state, id, room))
+    }
+
+    /// Sets or changes member `id`'s nickname, unique ignoring ASCII case.
+    pub fn set_nick(&self, id: MemberId, nick: &str) -> Result<(), HubError> {
+        validate_nick(nick).map_err(|e| HubError::InvalidNick(e.0))?;
+        let key = nick.to_ascii_lowercase();
+        let mut state = self.state();
+        if let Some(owner) = state.nicks.get(&key) {
+            if *owner != id {
+                return Err(HubError::NickTaken(nick.to_string()));
+            }
+        }
+        let Some(member) = state.members.get_mut(&id) else {
+            return Ok(());
+        };
+        let old = member.nick.replace(nick.to_string());
+        let (addr, room) = (member.addr, member.room.clone());
+        if let Some(old) = &old {
+            state.nicks.remove(&old.to_ascii_lowercase());
+        }
+        state.nicks.insert(key, id);
+        if let Some(room) = state.rooms.get(&room) {
+            room.send(&Event::Nick {
+                addr,
+                old,
+                new: nick.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Publishes a chat message from `id` to its room, the sender included.
+    pub fn say(&self, id: MemberId, text: &str) -> Result<(), HubError> {
+        self.publish(id, text, false)
+    }
+
+    /// Publishes an action (`/me`) from `id` to its room.
+    pub fn act(&self, id: MemberId, text: &str) -> Result<(), HubError> {
+        self.publish(id, text, true)
+    }
+
+    fn publish(&self, id: MemberId, text: &str, action: bool) -> Result<(), HubError> {
+        validate_text(text)?;
+        let depth = self.inner.config.history_depth;
         let mut state = self.state();
         let State { members, rooms, .. } = &mut *state;
         let Some(member) = members.get(&id) else {
@@ -172,23 +490,182 @@ impl Hub {
             return Ok(());
         };
         room.last_seq += 1;
-        let event = Event::Message {
-            room: member.room.clone(),
-            seq: room.last_seq,
+        let kept = Kept {
+            action,
+            line: ChatLine {
+                room: member.room.clone(),
+                seq: room.last_seq,
+                ts: now_millis(),
+                from: member.addr,
+                nick: member.nick.clone(),
+                text: text.to_string(),
+                history: false,
+            },
+        };
+        room.send(&kept.event(false));
+        if depth > 0 {
+            if room.history.len() >= depth {
+                room.history.pop_front();
+            }
+            room.history.push_back(Arc::new(kept));
+        }
+        Ok(())
+    }
+
+    /// Sends a private message from `id` to the member with nickname (or
+    /// address) `to`. Returns the event, for the sender's own copy.
+    pub fn private(&self, id: MemberId, to: &str, text: &str) -> Result<Event, HubError> {
+        validate_text(text)?;
+        let state = self.state();
+        let Some(sender) = state.members.get(&id) else {
+            return Err(HubError::NoSuchUser(to.to_string()));
+        };
+        let recipient = state
+            .nicks
+            .get(&to.to_ascii_lowercase())
+            .and_then(|rid| state.members.get(rid))
+            .or_else(|| {
+                let addr: SocketAddr = to.parse().ok()?;
+                state.members.values().find(|m| m.addr == addr)
+            })
+            .ok_or_else(|| HubError::NoSuchUser(to.to_string()))?;
+        let event = Event::Private {
             ts: now_millis(),
-            from: member.addr,
-            nick: member.nick.clone(),
+            from: sender.addr,
+            nick: sender.nick.clone(),
+            to: recipient.addr,
+            to_nick: recipient.nick.clone(),
             text: text.to_string(),
         };
-        // An error only means nobody is listening, which is fine.
-        let _ = room.tx.send(Arc::new(event.encode()));
-        Ok(())
+        // The sender's own copy comes back as the return value; sending to
+        // oneself must not deliver twice.
+        if recipient.addr != sender.addr {
+            recipient
+                .direct
+                .try_send(Arc::new(event.encode()))
+                .map_err(|_| HubError::RecipientBusy(to.to_string()))?;
+        }
+        Ok(event)
+    }
+
+    /// The members of `id`'s room.
+    pub fn who(&self, id: MemberId) -> Event {
+        let state = self.state();
+        let room = state
+            .members
+            .get(&id)
+            .map(|m| m.room.clone())
+            .unwrap_or_default();
+        let members = state
+            .rooms
+            .get(&room)
+            .map(|r| {
+                r.members
+                    .iter()
+                    .filter_map(|mid| state.members.get(mid))
+                    .map(|m| MemberInfo {
+                        nick: m.nick.clone(),
+                        addr: m.addr,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Event::Who { room, members }
+    }
+
+    /// Every room with its member count, by name.
+    pub fn rooms(&self) -> Event {
+        let state = self.state();
+        let mut rooms: Vec<RoomInfo> = state
+            .rooms
+            .iter()
+            .map(|(name, r)| RoomInfo {
+                name: name.clone(),
+                members: r.members.len(),
+            })
+            .collect();
+        rooms.sort_by(|a, b| a.name.cmp(&b.name));
+        Event::Rooms { rooms }
+    }
+
+    /// The last `n` lines of `id`'s room (at most the kept depth).
+    pub fn history(&self, id: MemberId, n: usize) -> History {
+        let state = self.state();
+        let room = state
+            .members
+            .get(&id)
+            .map(|m| m.room.clone())
+            .unwrap_or_default();
+        let lines = state
+            .rooms
+            .get(&room)
+            .map(|r| r.recent(n))
+            .unwrap_or_default();
+        History { room, lines }
+    }
+
+    /// What `id` missed in its room after line `seq` of server run `epoch`.
+    pub fn resume(&self, id: MemberId, epoch: u64, seq: u64) -> Resumed {
+        let state = self.state();
+        let room_name = state
+            .members
+            .get(&id)
+            .map(|m| m.room.clone())
+            .unwrap_or_default();
+        let room = state.rooms.get(&room_name);
+        let restarted = epoch != self.inner.epoch;
+        let last_seq = room.map_or(0, |r| r.last_seq);
+        let lines: Vec<Arc<Kept>> = match room {
+            Some(r) if !restarted => r
+                .history
+                .iter()
+                .filter(|k| k.line.seq > seq)
+                .cloned()
+                .collect(),
+            _ => Vec::new(),
+        };
+        let missed = last_seq.saturating_sub(seq);
+        let lost = if restarted {
+            0
+        } else {
+            missed.saturating_sub(lines.len() as u64)
+        };
+        let summary = Event::Resumed {
+            room: room_name.clone(),
+            after: seq,
+            replayed: lines.len(),
+            lost,
+            restarted,
+        };
+        Resumed {
+            history: History {
+                room: room_name,
+                lines,
+            },
+            summary,
+        }
     }
 
     /// How many connections are registered.
     pub fn online(&self) -> usize {
         self.state().members.len()
     }
+}
+
+/// A number that differs between runs of the server.
+fn new_epoch() -> u64 {
+    use std::hash::{BuildHasher as _, Hasher as _};
+    // RandomState is seeded randomly per process; mixing in the time keeps
+    // two hubs in one process (as in tests) apart too.
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    // Keep it within JSON's exact integer range for JavaScript clients.
+    hasher.finish() >> 11
 }
 
 #[cfg(test)]
@@ -199,6 +676,15 @@ mod tests {
         SocketAddr::from(([127, 0, 0, 1], port))
     }
 
+    fn text(shared: &Shared) -> String {
+        String::from_utf8(shared.text.to_vec()).unwrap()
+    }
+
+    /// Drains a receiver into text lines.
+    fn drain(rx: &mut broadcast::Receiver<Shared>) -> Vec<String> {
+        std::iter::from_fn(|| rx.try_recv().ok().map(|s| text(&s))).collect()
+    }
+
     #[test]
     fn messages_reach_every_member_in_sequence() {
         let hub = Hub::new(HubConfig::default());
@@ -207,24 +693,144 @@ mod tests {
         assert_eq!(hub.online(), 2);
         hub.say(a.id, "one").unwrap();
         hub.say(b.id, "two").unwrap();
-        for rx in [&mut a.rx, &mut b.rx] {
-            let first = rx.try_recv().unwrap();
-            let second = rx.try_recv().unwrap();
-            assert_eq!(&first.text[..], b"127.0.0.1:1: one");
-            assert_eq!(&second.text[..], b"127.0.0.1:2: two");
-            let json: serde_json::Value = serde_json::from_slice(&second.json).unwrap();
-            assert_eq!(json["seq"], 2);
-        }
-        hub.disconnect(a.id);
-        hub.disconnect(a.id);
+        assert_eq!(
+            drain(&mut a.joined.rx),
+            [
+                "* 127.0.0.1:1 joined #lobby",
+                "* 127.0.0.1:2 joined #lobby",
+                "127.0.0.1:1: one",
+                "127.0.0.1:2: two"
+            ]
+        );
+        assert_eq!(
+            drain(&mut b.joined.rx)[1..],
+            ["127.0.0.1:1: one", "127.0.0.1:2: two"]
+        );
+        hub.disconnect(a.id, None);
+        hub.disconnect(a.id, None);
         assert_eq!(hub.online(), 1);
+        assert_eq!(drain(&mut b.joined.rx), ["* 127.0.0.1:1 left #lobby"]);
     }
 
     #[test]
     fn control_characters_are_not_published() {
         let hub = Hub::new(HubConfig::default());
         let mut a = hub.connect(addr(1));
+        drain(&mut a.joined.rx);
         assert!(hub.say(a.id, "evil\u{1b}[2J").is_err());
-        assert!(a.rx.try_recv().is_err());
+        assert!(a.joined.rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn history_and_live_lines_meet_without_gap_or_overlap() {
+        let hub = Hub::new(HubConfig {
+            history_depth: 5,
+            ..HubConfig::default()
+        });
+        let a = hub.connect(addr(1));
+        for i in 1..=8 {
+            hub.say(a.id, &format!("m{i}")).unwrap();
+        }
+        let mut b = hub.connect(addr(2));
+        let replay: Vec<_> = b.joined.history.events().map(|e| e.to_text()).collect();
+        assert_eq!(replay.len(), 5);
+        assert_eq!(replay[0], "127.0.0.1:1: m4");
+        hub.say(a.id, "m9").unwrap();
+        assert_eq!(
+            drain(&mut b.joined.rx),
+            ["* 127.0.0.1:2 joined #lobby", "127.0.0.1:1: m9"]
+        );
+        // Resuming after m5 replays m6..m9; asking for older loses some.
+        let r = hub.resume(b.id, hub.epoch(), 5);
+        assert_eq!(r.history.len(), 4);
+        let r = hub.resume(b.id, hub.epoch(), 1);
+        assert_eq!(
+            r.summary,
+            Event::Resumed {
+                room: "#lobby".into(),
+                after: 1,
+                replayed: 5,
+                lost: 3,
+                restarted: false
+            }
+        );
+        let r = hub.resume(b.id, hub.epoch() ^ 1, 5);
+        assert!(r.history.is_empty());
+        assert!(matches!(
+            r.summary,
+            Event::Resumed {
+                restarted: true,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn nicknames_are_unique_ignoring_case() {
+        let hub = Hub::new(HubConfig::default());
+        let a = hub.connect(addr(1));
+        let b = hub.connect(addr(2));
+        hub.set_nick(a.id, "Alice").unwrap();
+        assert_eq!(
+            hub.set_nick(b.id, "alice"),
+            Err(HubError::NickTaken("alice".into()))
+        );
+        hub.set_nick(a.id, "alice").unwrap();
+        hub.set_nick(a.id, "ally").unwrap();
+        hub.set_nick(b.id, "Alice").unwrap();
+        hub.disconnect(b.id, None);
+        hub.set_nick(a.id, "alice").unwrap();
+    }
+
+    #[test]
+    fn rooms_are_created_on_join_and_empty_silent_ones_forgotten() {
+        let hub = Hub::new(HubConfig {
+            max_rooms: 2,
+            ..HubConfig::default()
+        });
+        let a = hub.connect(addr(1));
+        let mut joined = hub.join(a.id, "#rust").unwrap();
+        assert_eq!(drain(&mut joined.rx), ["* 127.0.0.1:1 joined #rust"]);
+        assert!(matches!(
+            hub.join(a.id, "#go"),
+            Err(HubError::TooManyRooms(2))
+        ));
+        assert!(matches!(
+            hub.join(a.id, "#rust"),
+            Err(HubError::AlreadyInRoom(_))
+        ));
+        hub.join(a.id, "#lobby").unwrap();
+        // #rust was empty and silent, so it is gone and #go fits.
+        hub.join(a.id, "#go").unwrap();
+        hub.say(a.id, "kept").unwrap();
+        hub.join(a.id, "#lobby").unwrap();
+        let Event::Rooms { rooms } = hub.rooms() else {
+            panic!()
+        };
+        let names: Vec<_> = rooms.iter().map(|r| (r.name.as_str(), r.members)).collect();
+        assert_eq!(names, [("#go", 0), ("#lobby", 1)]);
+    }
+
+    #[test]
+    fn private_messages_reach_only_the_recipient() {
+        let hub = Hub::new(HubConfig::default());
+        let a = hub.connect(addr(1));
+        let mut b = hub.connect(addr(2));
+        let mut c = hub.connect(addr(3));
+        hub.set_nick(b.id, "bob").unwrap();
+        let echo = hub.private(a.id, "BOB", "psst").unwrap();
+        assert_eq!(
+            echo.to_text(),
+            "(private) 127.0.0.1:1 -> bob (127.0.0.1:2): psst"
+        );
+        assert_eq!(text(&b.direct.try_recv().unwrap()), echo.to_text());
+        assert!(c.direct.try_recv().is_err());
+        // By address works too; unknown names are refused.
+        hub.private(a.id, "127.0.0.1:3", "hi").unwrap();
+        assert!(c.direct.try_recv().is_ok());
+        assert_eq!(
+            hub.private(a.id, "nobody", "x").unwrap_err(),
+            HubError::NoSuchUser("nobody".into())
+        );
     }
 }

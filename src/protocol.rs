@@ -85,6 +85,150 @@ pub fn parse_input(line: &str) -> Input<'_> {
     }
 }
 
+/// Longest nickname, in characters.
+pub const MAX_NICK_LEN: usize = 32;
+/// Longest room name, in characters, the leading `#` included.
+pub const MAX_ROOM_LEN: usize = 32;
+/// Messages `/history` replays when no count is given, and on joining.
+pub const DEFAULT_HISTORY_REPLAY: usize = 20;
+
+/// A command a client can send.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Command<'a> {
+    /// `/nick NAME`: set or change the nickname.
+    Nick(&'a str),
+    /// `/who`: list the members of the current room.
+    Who,
+    /// `/me ACTION`: an action line.
+    Me(&'a str),
+    /// `/msg NAME TEXT`: a private message to a nickname or an address.
+    Msg {
+        /// Nickname or socket address of the recipient.
+        to: &'a str,
+        /// The message.
+        text: &'a str,
+    },
+    /// `/join ROOM`: move to a room (a missing `#` is added).
+    Join(String),
+    /// `/rooms`: list rooms and their member counts.
+    Rooms,
+    /// `/history [N]`: replay the last N messages of the current room.
+    History(Option<usize>),
+    /// `/resume EPOCH SEQ`: replay what was missed in the current room
+    /// since message SEQ of server run EPOCH.
+    Resume {
+        /// The server run the client last saw (from the welcome).
+        epoch: u64,
+        /// The last sequence number the client saw in this room.
+        seq: u64,
+    },
+    /// `/help`: list the commands.
+    Help,
+    /// `/quit [REASON]`: leave the chat.
+    Quit(Option<&'a str>),
+}
+
+/// Why a command could not be understood; the text is for the user.
+#[derive(Debug, PartialEq, Eq)]
+pub struct CommandError(pub String);
+
+impl std::fmt::Display for CommandError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn usage(text: &str) -> CommandError {
+    CommandError(format!("usage: {text}"))
+}
+
+/// Parses the command part of [`Input::Command`]. Names are
+/// case-insensitive; arguments are already trimmed.
+pub fn parse_command<'a>(name: &str, args: &'a str) -> Result<Command<'a>, CommandError> {
+    let no_args = |cmd: Command<'a>, text: &str| {
+        if args.is_empty() {
+            Ok(cmd)
+        } else {
+            Err(usage(text))
+        }
+    };
+    match name.to_ascii_lowercase().as_str() {
+        "nick" => {
+            if args.is_empty() || args.contains(char::is_whitespace) {
+                return Err(usage("/nick NAME"));
+            }
+            validate_nick(args)?;
+            Ok(Command::Nick(args))
+        }
+        "who" => no_args(Command::Who, "/who"),
+        "me" if args.is_empty() => Err(usage("/me ACTION")),
+        "me" => Ok(Command::Me(args)),
+        "msg" => match args.split_once(char::is_whitespace) {
+            Some((to, text)) if !text.trim().is_empty() => Ok(Command::Msg {
+                to,
+                text: text.trim(),
+            }),
+            _ => Err(usage("/msg NAME TEXT")),
+        },
+        "join" => {
+            if args.is_empty() || args.contains(char::is_whitespace) {
+                return Err(usage("/join ROOM"));
+            }
+            Ok(Command::Join(normalize_room(args)?))
+        }
+        "rooms" => no_args(Command::Rooms, "/rooms"),
+        "history" if args.is_empty() => Ok(Command::History(None)),
+        "history" => match args.parse::<usize>() {
+            Ok(n) if n > 0 => Ok(Command::History(Some(n))),
+            _ => Err(usage("/history [N] (N a positive number)")),
+        },
+        "resume" => {
+            let mut parts = args.split_whitespace().map(str::parse::<u64>);
+            match (parts.next(), parts.next(), parts.next()) {
+                (Some(Ok(epoch)), Some(Ok(seq)), None) => Ok(Command::Resume { epoch, seq }),
+                _ => Err(usage("/resume EPOCH SEQ")),
+            }
+        }
+        "help" => Ok(Command::Help),
+        "quit" => Ok(Command::Quit(Some(args).filter(|a| !a.is_empty()))),
+        _ => Err(CommandError(format!(
+            "unknown command /{name}; /help lists commands"
+        ))),
+    }
+}
+
+/// Checks a nickname: 1 to [`MAX_NICK_LEN`] ASCII letters, digits, `_` or
+/// `-`. Non-ASCII letters are refused on purpose: look-alike characters
+/// (Cyrillic `а` for Latin `a`) would let one user pass for another.
+pub fn validate_nick(nick: &str) -> Result<(), CommandError> {
+    let ok_chars = nick
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if nick.is_empty() || nick.len() > MAX_NICK_LEN || !ok_chars {
+        return Err(CommandError(format!(
+            "invalid nickname {nick:?}: use 1 to {MAX_NICK_LEN} ASCII letters, digits, '_' or '-'"
+        )));
+    }
+    Ok(())
+}
+
+/// Turns what a user typed into a room name: adds a missing `#`, lower-cases
+/// (room names are case-insensitive), and checks the length and characters
+/// (ASCII letters, digits, `_`, `-` after the `#`).
+pub fn normalize_room(name: &str) -> Result<String, CommandError> {
+    let bare = name.strip_prefix('#').unwrap_or(name);
+    let ok_chars = bare
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if bare.is_empty() || bare.len() + 1 > MAX_ROOM_LEN || !ok_chars {
+        return Err(CommandError(format!(
+            "invalid room name {name:?}: use '#' and 1 to {} ASCII letters, digits, '_' or '-'",
+            MAX_ROOM_LEN - 1
+        )));
+    }
+    Ok(format!("#{}", bare.to_ascii_lowercase()))
+}
+
 /// Why a chat message was refused before it reached anyone.
 #[derive(Debug, PartialEq, Eq)]
 pub enum TextError {
@@ -122,6 +266,45 @@ pub fn now_millis() -> u64 {
         .unwrap_or(0)
 }
 
+/// One line of a room's conversation: a message or an action. Kept in the
+/// room's history and replayed as it was, with the same sequence number.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ChatLine {
+    /// The room it was sent to.
+    pub room: String,
+    /// Per-room sequence number, starting at 1; gaps mean missed messages.
+    pub seq: u64,
+    /// Server time in milliseconds since the Unix epoch.
+    pub ts: u64,
+    /// The sender's socket address.
+    pub from: SocketAddr,
+    /// The sender's nickname, `null` until they set one.
+    pub nick: Option<String>,
+    /// The message text.
+    pub text: String,
+    /// Set on lines replayed from history; absent on live ones.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub history: bool,
+}
+
+/// A member as listed by `/who`.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct MemberInfo {
+    /// Their nickname, if set.
+    pub nick: Option<String>,
+    /// Their socket address.
+    pub addr: SocketAddr,
+}
+
+/// A room as listed by `/rooms`.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct RoomInfo {
+    /// The room's name, `#` included.
+    pub name: String,
+    /// How many members are in it now.
+    pub members: usize,
+}
+
 /// Something the server tells a client.
 ///
 /// The JSON encoding is this enum serialised with serde, tagged by `type`;
@@ -139,21 +322,90 @@ pub enum Event {
         room: String,
         /// How many connections are online, this one included.
         online: usize,
+        /// Identifies this run of the server: sequence numbers from another
+        /// epoch mean nothing here (see `/resume`).
+        epoch: u64,
     },
     /// A chat message in a room.
-    Message {
-        /// The room it was sent to.
-        room: String,
-        /// Per-room sequence number, starting at 1; gaps mean missed messages.
-        seq: u64,
+    Message(ChatLine),
+    /// An action (`/me waves`) in a room.
+    Action(ChatLine),
+    /// A private message; sent to its recipient and echoed to its sender.
+    Private {
         /// Server time in milliseconds since the Unix epoch.
         ts: u64,
-        /// The sender's socket address.
+        /// The sender's address.
         from: SocketAddr,
-        /// The sender's nickname, `null` until they set one.
+        /// The sender's nickname.
         nick: Option<String>,
-        /// The message text.
+        /// The recipient's address.
+        to: SocketAddr,
+        /// The recipient's nickname.
+        to_nick: Option<String>,
+        /// The message.
         text: String,
+    },
+    /// Someone entered the room.
+    Joined {
+        /// The room.
+        room: String,
+        /// Their address.
+        addr: SocketAddr,
+        /// Their nickname.
+        nick: Option<String>,
+    },
+    /// Someone left the room.
+    Left {
+        /// The room.
+        room: String,
+        /// Their address.
+        addr: SocketAddr,
+        /// Their nickname.
+        nick: Option<String>,
+        /// Why, if known (`/quit` reason, "connection lost").
+        reason: Option<String>,
+    },
+    /// Someone in the room changed their nickname.
+    Nick {
+        /// Their address.
+        addr: SocketAddr,
+        /// The previous nickname, `null` if there was none.
+        old: Option<String>,
+        /// The new nickname.
+        new: String,
+    },
+    /// The members of a room (answer to `/who`).
+    Who {
+        /// The room.
+        room: String,
+        /// Its members, in the order they joined.
+        members: Vec<MemberInfo>,
+    },
+    /// The rooms (answer to `/rooms`).
+    Rooms {
+        /// Every room, by name.
+        rooms: Vec<RoomInfo>,
+    },
+    /// The next `count` events are history of `room`, oldest first.
+    History {
+        /// The room.
+        room: String,
+        /// How many lines follow.
+        count: usize,
+    },
+    /// Answer to `/resume`, after the replayed lines.
+    Resumed {
+        /// The room.
+        room: String,
+        /// The sequence number the client asked to resume after.
+        after: u64,
+        /// How many missed lines were replayed.
+        replayed: usize,
+        /// How many missed lines are gone (history too short).
+        lost: u64,
+        /// The server restarted since the client's epoch: nothing it saw
+        /// before can be matched, and what was sent meanwhile is lost.
+        restarted: bool,
     },
     /// The receiver fell behind and this many messages were dropped for it.
     Skipped {
@@ -172,12 +424,29 @@ pub enum Event {
     },
 }
 
+/// `alice (127.0.0.1:53211)`, or the bare address without a nickname.
+fn full_name(out: &mut String, nick: Option<&str>, addr: SocketAddr) {
+    let _ = match nick {
+        Some(nick) => write!(out, "{nick} ({addr})"),
+        None => write!(out, "{addr}"),
+    };
+}
+
+/// `alice`, or the address without a nickname.
+fn short_name(out: &mut String, nick: Option<&str>, addr: SocketAddr) {
+    let _ = match nick {
+        Some(nick) => write!(out, "{nick}"),
+        None => write!(out, "{addr}"),
+    };
+}
+
 impl Event {
     /// The human-readable one-line form.
     ///
     /// Chat lines start with the sender (`127.0.0.1:53211: hi`,
-    /// `alice (127.0.0.1:53211): hi`), notices with `* `, errors with `! `,
-    /// so a reader can tell them apart by the first character.
+    /// `alice (127.0.0.1:53211): hi`), private messages with `(private)`,
+    /// notices and actions with `* `, errors with `! `, so a reader can
+    /// tell them apart by the first character.
     pub fn to_text(&self) -> String {
         let mut out = String::new();
         match self {
@@ -186,24 +455,106 @@ impl Event {
                 addr,
                 room,
                 online,
+                ..
             } => {
                 let _ = write!(
                     out,
                     "* welcome to {server}! you are {addr} in {room}; {online} online; /help lists commands"
                 );
             }
-            Event::Message {
-                from, nick, text, ..
+            Event::Message(line) => {
+                full_name(&mut out, line.nick.as_deref(), line.from);
+                out.push_str(": ");
+                out.push_str(&line.text);
+            }
+            Event::Action(line) => {
+                out.push_str("* ");
+                short_name(&mut out, line.nick.as_deref(), line.from);
+                out.push(' ');
+                out.push_str(&line.text);
+            }
+            Event::Private {
+                from,
+                nick,
+                to,
+                to_nick,
+                text,
+                ..
             } => {
-                match nick {
-                    Some(nick) => {
-                        let _ = write!(out, "{nick} ({from}): ");
+                out.push_str("(private) ");
+                full_name(&mut out, nick.as_deref(), *from);
+                out.push_str(" -> ");
+                full_name(&mut out, to_nick.as_deref(), *to);
+                out.push_str(": ");
+                out.push_str(text);
+            }
+            Event::Joined { room, addr, nick } => {
+                out.push_str("* ");
+                full_name(&mut out, nick.as_deref(), *addr);
+                let _ = write!(out, " joined {room}");
+            }
+            Event::Left {
+                room,
+                addr,
+                nick,
+                reason,
+            } => {
+                out.push_str("* ");
+                short_name(&mut out, nick.as_deref(), *addr);
+                let _ = write!(out, " left {room}");
+                if let Some(reason) = reason {
+                    let _ = write!(out, " ({reason})");
+                }
+            }
+            Event::Nick { addr, old, new } => {
+                out.push_str("* ");
+                short_name(&mut out, old.as_deref(), *addr);
+                let _ = write!(out, " is now known as {new}");
+            }
+            Event::Who { room, members } => {
+                let _ = write!(out, "* {} in {room}: ", members.len());
+                for (i, m) in members.iter().enumerate() {
+                    if i > 0 {
+                        out.push_str(", ");
                     }
-                    None => {
-                        let _ = write!(out, "{from}: ");
+                    full_name(&mut out, m.nick.as_deref(), m.addr);
+                }
+            }
+            Event::Rooms { rooms } => {
+                out.push_str("* rooms: ");
+                for (i, r) in rooms.iter().enumerate() {
+                    if i > 0 {
+                        out.push_str(", ");
+                    }
+                    let _ = write!(out, "{} ({})", r.name, r.members);
+                }
+            }
+            Event::History { room, count } => {
+                let s = if *count == 1 { "" } else { "s" };
+                let _ = write!(out, "* history of {room}: the last {count} message{s}");
+            }
+            Event::Resumed {
+                room,
+                replayed,
+                lost,
+                restarted,
+                ..
+            } => {
+                if *restarted {
+                    let _ = write!(
+                        out,
+                        "* the server restarted since you were last here: messages sent to {room} in between are lost"
+                    );
+                } else {
+                    let s = if *replayed == 1 { "" } else { "s" };
+                    let _ = write!(out, "* caught up on {room}: {replayed} missed message{s}");
+                    if *lost > 0 {
+                        let _ = write!(
+                            out,
+                            "; {lost} older ones could not be recovered (history too short)"
+                        );
                     }
                 }
-                out.push_str(text);
             }
             Event::Skipped { count } => {
                 let s = if *count == 1 { "" } else { "s" };
@@ -223,6 +574,14 @@ impl Event {
     pub fn to_json(&self) -> String {
         // Serialising plain strings, numbers and addresses cannot fail.
         serde_json::to_string(self).unwrap_or_else(|_| String::from("{\"type\":\"error\"}"))
+    }
+
+    /// The form for one encoding.
+    pub fn to_encoding(&self, encoding: Encoding) -> String {
+        match encoding {
+            Encoding::Text => self.to_text(),
+            Encoding::Json => self.to_json(),
+        }
     }
 
     /// Both encodings, built once and then shared by every recipient.
@@ -260,6 +619,18 @@ mod tests {
 
     fn addr() -> SocketAddr {
         "127.0.0.1:53211".parse().unwrap()
+    }
+
+    fn line(nick: Option<&str>, text: &str) -> ChatLine {
+        ChatLine {
+            room: DEFAULT_ROOM.into(),
+            seq: 1,
+            ts: 0,
+            from: addr(),
+            nick: nick.map(String::from),
+            text: text.into(),
+            history: false,
+        }
     }
 
     #[test]
@@ -323,36 +694,19 @@ mod tests {
 
     #[test]
     fn message_text_form_has_no_quotes() {
-        let ev = Event::Message {
-            room: DEFAULT_ROOM.into(),
-            seq: 1,
-            ts: 0,
-            from: addr(),
-            nick: None,
-            text: "hello \"world\"".into(),
-        };
+        let ev = Event::Message(line(None, "hello \"world\""));
         assert_eq!(ev.to_text(), "127.0.0.1:53211: hello \"world\"");
-        let ev = Event::Message {
-            room: DEFAULT_ROOM.into(),
-            seq: 1,
-            ts: 0,
-            from: addr(),
-            nick: Some("alice".into()),
-            text: "hi".into(),
-        };
+        let ev = Event::Message(line(Some("alice"), "hi"));
         assert_eq!(ev.to_text(), "alice (127.0.0.1:53211): hi");
     }
 
     #[test]
     fn message_json_form_carries_every_field() {
-        let ev = Event::Message {
-            room: DEFAULT_ROOM.into(),
+        let ev = Event::Message(ChatLine {
             seq: 7,
             ts: 1_700_000_000_123,
-            from: addr(),
-            nick: None,
-            text: "hi".into(),
-        };
+            ..line(None, "hi")
+        });
         let v: serde_json::Value = serde_json::from_str(&ev.to_json()).unwrap();
         assert_eq!(v["type"], "message");
         assert_eq!(v["room"], "#lobby");
@@ -361,6 +715,127 @@ mod tests {
         assert_eq!(v["from"], "127.0.0.1:53211");
         assert!(v["nick"].is_null());
         assert_eq!(v["text"], "hi");
+        assert!(
+            v.get("history").is_none(),
+            "live lines carry no history flag"
+        );
+        let replayed = Event::Message(ChatLine {
+            history: true,
+            ..line(None, "hi")
+        });
+        let v: serde_json::Value = serde_json::from_str(&replayed.to_json()).unwrap();
+        assert_eq!(v["history"], true);
+    }
+
+    #[test]
+    fn commands_parse_with_their_arguments() {
+        let cmd = |line| match parse_input(line) {
+            Input::Command { name, args } => parse_command(name, args),
+            other => panic!("not a command: {other:?}"),
+        };
+        assert_eq!(cmd("/nick alice"), Ok(Command::Nick("alice")));
+        assert_eq!(cmd("/NICK  Bob_2-x "), Ok(Command::Nick("Bob_2-x")));
+        assert_eq!(cmd("/who"), Ok(Command::Who));
+        assert_eq!(cmd("/me waves hello"), Ok(Command::Me("waves hello")));
+        assert_eq!(
+            cmd("/msg bob   hi there "),
+            Ok(Command::Msg {
+                to: "bob",
+                text: "hi there"
+            })
+        );
+        assert_eq!(cmd("/join #Rust"), Ok(Command::Join("#rust".into())));
+        assert_eq!(cmd("/join rust"), Ok(Command::Join("#rust".into())));
+        assert_eq!(cmd("/rooms"), Ok(Command::Rooms));
+        assert_eq!(cmd("/history"), Ok(Command::History(None)));
+        assert_eq!(cmd("/history 5"), Ok(Command::History(Some(5))));
+        assert_eq!(
+            cmd("/resume 17 42"),
+            Ok(Command::Resume { epoch: 17, seq: 42 })
+        );
+        assert_eq!(cmd("/help"), Ok(Command::Help));
+        assert_eq!(cmd("/quit"), Ok(Command::Quit(None)));
+        assert_eq!(
+            cmd("/quit  gone fishing "),
+            Ok(Command::Quit(Some("gone fishing")))
+        );
+    }
+
+    #[test]
+    fn bad_arguments_get_usage_errors() {
+        let err = |line| match parse_input(line) {
+            Input::Command { name, args } => parse_command(name, args).unwrap_err().0,
+            other => panic!("not a command: {other:?}"),
+        };
+        assert!(err("/nick").starts_with("usage: /nick"));
+        assert!(err("/nick two words").starts_with("usage: /nick"));
+        assert!(err("/msg bob").starts_with("usage: /msg"));
+        assert!(err("/msg").starts_with("usage: /msg"));
+        assert!(err("/me").starts_with("usage: /me"));
+        assert!(err("/join").starts_with("usage: /join"));
+        assert!(err("/join #").starts_with("invalid room"));
+        assert!(err("/join #a.b").starts_with("invalid room"));
+        assert!(err("/history 0").starts_with("usage: /history"));
+        assert!(err("/history x").starts_with("usage: /history"));
+        assert!(err("/resume 1").starts_with("usage: /resume"));
+        assert!(err("/who extra").starts_with("usage: /who"));
+        assert!(err("/frobnicate").contains("/help"));
+    }
+
+    #[test]
+    fn nicknames_follow_the_rule() {
+        for ok in ["a", "alice", "Bob_2", "x-y", &"n".repeat(MAX_NICK_LEN)] {
+            assert!(validate_nick(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "has space",
+            "dot.ted",
+            "émile",
+            "аlice", // Cyrillic а
+            "名前",
+            "tab\t",
+            &"n".repeat(MAX_NICK_LEN + 1),
+        ] {
+            assert!(validate_nick(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn room_names_are_normalised() {
+        assert_eq!(normalize_room("#Lobby").unwrap(), "#lobby");
+        assert_eq!(normalize_room("dev-ops_2").unwrap(), "#dev-ops_2");
+        assert!(normalize_room(&"r".repeat(MAX_ROOM_LEN - 1)).is_ok());
+        assert!(normalize_room(&"r".repeat(MAX_ROOM_LEN)).is_err());
+        assert!(normalize_room("#").is_err());
+        assert!(normalize_room("##x").is_err());
+        assert!(normalize_room("#café").is_err());
+    }
+
+    #[test]
+    fn presence_lines_read_like_the_examples() {
+        let a = addr();
+        let joined = Event::Joined {
+            room: "#lobby".into(),
+            addr: a,
+            nick: Some("alice".into()),
+        };
+        assert_eq!(joined.to_text(), "* alice (127.0.0.1:53211) joined #lobby");
+        let left = Event::Left {
+            room: "#lobby".into(),
+            addr: a,
+            nick: Some("alice".into()),
+            reason: Some("bye".into()),
+        };
+        assert_eq!(left.to_text(), "* alice left #lobby (bye)");
+        let nick = Event::Nick {
+            addr: a,
+            old: None,
+            new: "alice".into(),
+        };
+        assert_eq!(nick.to_text(), "* 127.0.0.1:53211 is now known as alice");
+        let action = Event::Action(line(Some("alice"), "waves"));
+        assert_eq!(action.to_text(), "* alice waves");
     }
 
     #[test]

@@ -19,12 +19,15 @@ use bytes::Bytes;
 use futures_util::{SinkExt as _, StreamExt as _};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_websockets::{CloseCode, Message, WebSocketStream};
 use tracing::{debug, info};
 
-use crate::hub::{Hub, MemberId, Shared};
-use crate::protocol::{parse_input, Encoding, Event, Input};
+use crate::hub::{History, Hub, Joined, MemberId, Shared};
+use crate::protocol::{
+    parse_command, parse_input, Command, Encoding, Event, Input, DEFAULT_HISTORY_REPLAY,
+};
 
 /// Most room messages written in one turn before the loop looks at the
 /// client and at shutdown again.
@@ -43,18 +46,22 @@ pub async fn run<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let joined = hub.connect(addr);
+    let connected = hub.connect(addr);
     let mut session = Session {
         ws,
         encoding,
         hub: hub.clone(),
-        id: joined.id,
-        rx: joined.rx,
+        id: connected.id,
+        rx: connected.joined.rx,
+        direct: connected.direct,
         pending: VecDeque::new(),
     };
-    session.reply(&joined.welcome);
+    // Welcome, then history, then live lines: the hub subscribed us and
+    // took the history snapshot together, so nothing is missed or doubled.
+    session.reply(&connected.welcome);
+    session.replay(&connected.joined.history);
     let end = session.serve(&shutdown).await;
-    hub.disconnect(session.id);
+    hub.disconnect(session.id, end.leave_reason().as_deref());
     session.finish(end).await;
 }
 
@@ -65,12 +72,24 @@ enum End {
     Shutdown,
     /// The client sent a Close frame.
     ClosedByClient(Option<(CloseCode, String)>),
-    /// The client asked to leave with `/quit`.
-    Quit,
+    /// The client asked to leave with `/quit`, maybe giving a reason.
+    Quit(Option<String>),
     /// The connection ended without a Close frame.
     Gone,
     /// A protocol or I/O error.
     Failed(tokio_websockets::Error),
+}
+
+impl End {
+    /// What the others in the room are told about this departure.
+    fn leave_reason(&self) -> Option<String> {
+        match self {
+            End::Quit(reason) => Some(reason.clone().unwrap_or_else(|| "quit".into())),
+            End::ClosedByClient(_) => None,
+            End::Shutdown => Some("server shutting down".into()),
+            End::Gone | End::Failed(_) => Some("connection lost".into()),
+        }
+    }
 }
 
 struct Session<S> {
@@ -79,6 +98,8 @@ struct Session<S> {
     hub: Hub,
     id: MemberId,
     rx: tokio::sync::broadcast::Receiver<Shared>,
+    /// Events addressed to this member alone (private messages).
+    direct: mpsc::Receiver<Shared>,
     /// Frames for this client alone (replies, notices), written before the
     /// next room messages.
     pending: VecDeque<Message>,
@@ -108,6 +129,10 @@ where
                 incoming = self.ws.next() => self.on_frame(incoming),
                 received = self.rx.recv() => {
                     self.on_room_message(received);
+                    Ok(())
+                }
+                Some(shared) = self.direct.recv() => {
+                    self.pending.push_back(self.frame(shared.get(self.encoding)));
                     Ok(())
                 }
             };
@@ -146,30 +171,92 @@ where
 
     /// Handles one line of text: a chat message or a command.
     fn on_line(&mut self, line: &str) -> Result<(), End> {
-        match parse_input(line) {
-            Input::Empty => {}
-            Input::Chat(text) => {
-                if let Err(e) = self.hub.say(self.id, text) {
-                    self.reply(&Event::Error {
-                        message: e.to_string(),
-                    });
-                }
-            }
-            Input::Command { name, .. } => match name.to_ascii_lowercase().as_str() {
-                "help" => {
-                    for line in HELP {
-                        self.reply(&Event::Info {
-                            text: (*line).to_string(),
-                        });
-                    }
-                }
-                "quit" => return Err(End::Quit),
-                _ => self.reply(&Event::Error {
-                    message: format!("unknown command /{name}; /help lists commands"),
-                }),
+        let result = match parse_input(line) {
+            Input::Empty => Ok(()),
+            Input::Chat(text) => self.hub.say(self.id, text).map_err(|e| e.to_string()),
+            Input::Command { name, args } => match parse_command(name, args) {
+                Ok(command) => self.on_command(command)?,
+                Err(e) => Err(e.to_string()),
             },
+        };
+        if let Err(message) = result {
+            self.reply(&Event::Error { message });
         }
         Ok(())
+    }
+
+    /// Carries out one command. `Err(End)` ends the session; `Ok(Err(..))`
+    /// is an error reply for this client alone.
+    fn on_command(&mut self, command: Command<'_>) -> Result<Result<(), String>, End> {
+        let id = self.id;
+        let hub = self.hub.clone();
+        let done = match command {
+            Command::Nick(nick) => hub.set_nick(id, nick),
+            Command::Me(action) => hub.act(id, action),
+            Command::Msg { to, text } => hub.private(id, to, text).map(|echo| self.reply(&echo)),
+            Command::Join(room) => hub.join(id, &room).map(|joined| self.switch_room(joined)),
+            Command::Who => {
+                self.reply(&hub.who(id));
+                Ok(())
+            }
+            Command::Rooms => {
+                self.reply(&hub.rooms());
+                Ok(())
+            }
+            Command::History(n) => {
+                let history = hub.history(id, n.unwrap_or(DEFAULT_HISTORY_REPLAY));
+                self.reply(&history.header());
+                for event in history.events() {
+                    self.reply(&event);
+                }
+                Ok(())
+            }
+            Command::Resume { epoch, seq } => {
+                let resumed = hub.resume(id, epoch, seq);
+                for event in resumed.history.events() {
+                    self.reply(&event);
+                }
+                self.reply(&resumed.summary);
+                Ok(())
+            }
+            Command::Help => {
+                for line in HELP {
+                    self.reply(&Event::Info {
+                        text: (*line).to_string(),
+                    });
+                }
+                Ok(())
+            }
+            Command::Quit(reason) => return Err(End::Quit(reason.map(String::from))),
+        };
+        Ok(done.map_err(|e| e.to_string()))
+    }
+
+    /// Moves this session to another room's channel. Lines of the old room
+    /// that were already published are delivered first.
+    fn switch_room(&mut self, joined: Joined) {
+        loop {
+            match self.rx.try_recv() {
+                Ok(shared) => self
+                    .pending
+                    .push_back(self.frame(shared.get(self.encoding))),
+                Err(TryRecvError::Lagged(count)) => self.reply(&Event::Skipped { count }),
+                Err(TryRecvError::Empty | TryRecvError::Closed) => break,
+            }
+        }
+        self.rx = joined.rx;
+        self.replay(&joined.history);
+    }
+
+    /// Queues a room's history (if any) for this client.
+    fn replay(&mut self, history: &History) {
+        if history.is_empty() {
+            return;
+        }
+        self.reply(&history.header());
+        for event in history.events() {
+            self.reply(&event);
+        }
     }
 
     fn on_room_message(&mut self, received: Result<Shared, RecvError>) {
@@ -191,10 +278,7 @@ where
 
     /// A frame for an event encoded for this client alone.
     fn event_frame(&self, event: &Event) -> Message {
-        Message::text(match self.encoding {
-            Encoding::Text => event.to_text(),
-            Encoding::Json => event.to_json(),
-        })
+        Message::text(event.to_encoding(self.encoding))
     }
 
     /// A frame sharing the bytes of an event encoded once for everyone.
@@ -206,6 +290,10 @@ where
     /// waiting (up to [`MAX_BATCH`]), then flushes once.
     async fn write_ready(&mut self) -> Result<(), tokio_websockets::Error> {
         while let Some(msg) = self.pending.pop_front() {
+            self.ws.feed(msg).await?;
+        }
+        while let Ok(shared) = self.direct.try_recv() {
+            let msg = self.frame(shared.get(self.encoding));
             self.ws.feed(msg).await?;
         }
         for _ in 0..MAX_BATCH {
@@ -232,7 +320,7 @@ where
                 })
                 .await;
             }
-            End::Quit => {
+            End::Quit(_) => {
                 info!("left with /quit");
                 let close = Message::close(Some(CloseCode::NORMAL_CLOSURE), "bye");
                 let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
@@ -267,16 +355,27 @@ where
 /// The `/help` text, one line per command.
 const HELP: &[&str] = &[
     "commands:",
-    "  /help         this list",
-    "  /quit         leave the chat",
-    "  //text        send a message that starts with '/'",
+    "  /nick NAME         set your nickname (letters, digits, _ and -; up to 32)",
+    "  /join ROOM         move to a room, e.g. /join #rust (created if new)",
+    "  /rooms             list the rooms and how many are in each",
+    "  /who               list who is in your room",
+    "  /me ACTION         say what you are doing: * alice waves",
+    "  /msg NAME TEXT     private message to a nickname (or address)",
+    "  /history [N]       replay the last N messages of your room (default 20)",
+    "  /resume EPOCH SEQ  replay what you missed after message SEQ (for clients)",
+    "  /quit [REASON]     leave the chat",
+    "  /help              this list",
+    "  //text             send a message that starts with '/'",
 ];
 
 #[cfg(test)]
 mod tests {
     #[test]
     fn help_lists_every_handled_command() {
-        for cmd in ["/help", "/quit"] {
+        for cmd in [
+            "/nick", "/join", "/rooms", "/who", "/me", "/msg", "/history", "/resume", "/quit",
+            "/help",
+        ] {
             assert!(super::HELP.iter().any(|l| l.contains(cmd)), "{cmd}");
         }
     }

@@ -3,8 +3,9 @@ use std::io::IsTerminal as _;
 use std::net::SocketAddr;
 
 use anyhow::Context as _;
-use chat::hub::{HubConfig, DEFAULT_CHANNEL_CAPACITY};
+use chat::hub::{HubConfig, DEFAULT_CHANNEL_CAPACITY, DEFAULT_HISTORY_DEPTH, DEFAULT_MAX_ROOMS};
 use chat::server::{self, Config};
+use clap::builder::TypedValueParser as _;
 use clap::Parser;
 use tokio::net::TcpListener;
 use tracing::info;
@@ -23,6 +24,13 @@ struct Args {
     /// starts skipping messages for that receiver.
     #[arg(long, default_value_t = DEFAULT_CHANNEL_CAPACITY as u32, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     channel_capacity: u32,
+    /// Lines of history each room keeps for /history, for newcomers and for
+    /// clients catching up after a reconnect (0 disables history).
+    #[arg(long, env = "CHAT_HISTORY", default_value_t = DEFAULT_HISTORY_DEPTH)]
+    history: usize,
+    /// Most rooms that may exist at once.
+    #[arg(long, default_value_t = DEFAULT_MAX_ROOMS, value_parser = clap::value_parser!(u64).range(1..).map(|v| v as usize))]
+    max_rooms: usize,
 }
 
 #[tokio::main]
@@ -51,6 +59,8 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         hub: HubConfig {
             name: args.name,
             channel_capacity: args.channel_capacity as usize,
+            history_depth: args.history,
+            max_rooms: args.max_rooms,
         },
         ..Config::default()
     };

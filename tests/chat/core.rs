@@ -31,7 +31,7 @@ async fn a_message_reaches_everyone_in_the_same_order() {
     for c in &mut clients {
         let mut lines = Vec::new();
         for _ in 0..3 * EACH {
-            lines.push(c.recv_text().await);
+            lines.push(c.recv_chat().await);
         }
         seen.push(lines);
     }
@@ -60,10 +60,10 @@ async fn an_abrupt_disconnect_does_not_disturb_others() {
     let tcp = gone.ws.into_inner();
     drop(tcp);
     a.send("still here?").await;
-    assert_eq!(b.recv_text().await, format!("{}: still here?", a.addr));
-    assert_eq!(a.recv_text().await, format!("{}: still here?", a.addr));
+    assert_eq!(b.recv_chat().await, format!("{}: still here?", a.addr));
+    assert_eq!(a.recv_chat().await, format!("{}: still here?", a.addr));
     b.send("yes").await;
-    assert_eq!(a.recv_text().await, format!("{}: yes", b.addr));
+    assert_eq!(a.recv_chat().await, format!("{}: yes", b.addr));
     server.shutdown().await;
 }
 
@@ -88,7 +88,7 @@ async fn a_lagging_receiver_is_told_what_it_missed_and_keeps_receiving() {
     let send = async {
         for i in 0..BURST {
             sender.send(&format!("{i} {filler}")).await;
-            sender.recv_text().await;
+            sender.recv_chat().await;
         }
     };
     tokio::time::timeout(WAIT * 3, send)
@@ -100,6 +100,9 @@ async fn a_lagging_receiver_is_told_what_it_missed_and_keeps_receiving() {
     let mut notices = 0;
     while received + skipped < BURST as u64 {
         let line = lagger.recv_text().await;
+        if crate::support::is_presence(&line) {
+            continue;
+        }
         if let Some(rest) = line.strip_prefix("* ") {
             let n: u64 = rest
                 .split(' ')
@@ -117,7 +120,7 @@ async fn a_lagging_receiver_is_told_what_it_missed_and_keeps_receiving() {
     assert_eq!(received + skipped, BURST as u64);
     // The session goes on.
     sender.send("after the burst").await;
-    let line = lagger.recv_text().await;
+    let line = lagger.recv_chat().await;
     assert_eq!(line, format!("{}: after the burst", sender.addr));
     server.shutdown().await;
 }
@@ -150,7 +153,7 @@ async fn heavy_load_loses_nothing() {
                 }
             }
             while total < expected {
-                let line = c.recv_text().await;
+                let line = c.recv_chat().await;
                 assert!(!line.starts_with('*'), "client {i} got a notice: {line}");
                 let (from, text) = line.split_once(": ").expect("tagged line");
                 let (_, seq) = text.split_once(':').expect("i:n");
@@ -189,7 +192,14 @@ async fn shutdown_closes_everyone_with_1001_and_run_returns() {
     }
     let closing = tokio::spawn(server.shutdown());
     for c in &mut clients {
-        let msg = c.recv().await;
+        // Skip the join notices of the clients that came later.
+        let mut msg = c.recv().await;
+        for _ in 0..3 {
+            if !msg.is_text() {
+                break;
+            }
+            msg = c.recv().await;
+        }
         let (code, reason) = msg.as_close().expect("a Close frame");
         assert_eq!(code, CloseCode::GOING_AWAY);
         assert_eq!(reason, "server shutting down");
@@ -215,7 +225,7 @@ async fn json_subprotocol_is_negotiated_and_events_parse() {
     assert_eq!(welcome["addr"], c.addr.to_string());
     let mut text_client = Client::connect(&server).await;
     text_client.send("hello json").await;
-    let msg = c.recv_json().await;
+    let msg = c.recv_json_type("message").await;
     assert_eq!(msg["type"], "message");
     assert_eq!(msg["room"], "#lobby");
     assert_eq!(msg["seq"], 1);
@@ -225,7 +235,7 @@ async fn json_subprotocol_is_negotiated_and_events_parse() {
     assert_eq!(msg["text"], "hello json");
     // The text client sees the same message as a line.
     assert_eq!(
-        text_client.recv_text().await,
+        text_client.recv_chat().await,
         format!("{}: hello json", text_client.addr)
     );
     server.shutdown().await;
@@ -237,10 +247,10 @@ async fn commands_and_bad_input_get_replies_to_the_sender_only() {
     let mut a = Client::connect(&server).await;
     let mut b = Client::connect(&server).await;
     a.send("/nosuch").await;
-    let line = a.recv_text().await;
+    let line = a.recv_chat().await;
     assert!(line.starts_with("! unknown command /nosuch") && line.contains("/help"));
     a.send("two\nlines").await;
-    assert!(a.recv_text().await.starts_with("! message not sent"));
+    assert!(a.recv_chat().await.starts_with("! message not sent"));
     a.ws.send(Message::binary(&b"\x00\x01"[..])).await.unwrap();
     assert!(a
         .recv_text()
@@ -250,11 +260,11 @@ async fn commands_and_bad_input_get_replies_to_the_sender_only() {
     a.send("   ").await;
     a.send("/help").await;
     // b saw only the escaped message.
-    assert_eq!(b.recv_text().await, format!("{}: /slash", a.addr));
+    assert_eq!(b.recv_chat().await, format!("{}: /slash", a.addr));
     b.send("done").await;
-    assert_eq!(b.recv_text().await, format!("{}: done", b.addr));
-    assert_eq!(a.recv_text().await, format!("{}: /slash", a.addr));
-    let help = a.recv_text().await;
+    assert_eq!(b.recv_chat().await, format!("{}: done", b.addr));
+    assert_eq!(a.recv_chat().await, format!("{}: /slash", a.addr));
+    let help = a.recv_chat().await;
     assert!(help.starts_with("* commands"), "{help}");
     server.shutdown().await;
 }
@@ -341,13 +351,16 @@ async fn the_client_binary_sends_piped_lines_and_exits_cleanly() {
         .expect("client did not exit")
         .unwrap();
     assert!(output.status.success(), "status {:?}", output.status);
-    let first = watcher.recv_text().await;
+    let first = watcher.recv_chat().await;
     let (from, text) = first.split_once(": ").unwrap();
     assert_eq!(text, "hi");
-    assert_eq!(watcher.recv_text().await, format!("{from}: there"));
+    assert_eq!(watcher.recv_chat().await, format!("{from}: there"));
     // The client printed the welcome and its own two lines, unquoted.
     let stdout = String::from_utf8(output.stdout).unwrap();
-    let lines: Vec<_> = stdout.lines().collect();
+    let lines: Vec<_> = stdout
+        .lines()
+        .filter(|l| !crate::support::is_presence(l))
+        .collect();
     assert!(lines[0].starts_with("* welcome"), "{stdout}");
     assert_eq!(
         &lines[1..],

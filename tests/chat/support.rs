@@ -70,11 +70,14 @@ pub struct Client {
 }
 
 impl Client {
-    /// Connects with the text encoding and consumes the welcome line.
+    /// Connects with the text encoding and consumes the welcome line, any
+    /// history and the client's own join notice.
     pub async fn connect(server: &TestServer) -> Self {
         let mut client = Self::connect_raw(server, None).await;
         let welcome = client.recv_text().await;
         assert!(welcome.starts_with("* welcome"), "first line: {welcome}");
+        let own_join = format!("* {} joined #lobby", client.addr);
+        client.recv_until(10_000, |l| l == own_join).await;
         client
     }
 
@@ -127,10 +130,32 @@ impl Client {
             .expect("connection failed")
     }
 
+    /// The next line that is not a presence notice (someone joining,
+    /// leaving or changing nickname).
+    pub async fn recv_chat(&mut self) -> String {
+        loop {
+            let line = self.recv_text().await;
+            if !is_presence(&line) {
+                return line;
+            }
+        }
+    }
+
     /// The next text frame, parsed as JSON.
     pub async fn recv_json(&mut self) -> serde_json::Value {
         let text = self.recv_text().await;
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+    }
+
+    /// The next JSON event of type `kind`, skipping others (at most 1000).
+    pub async fn recv_json_type(&mut self, kind: &str) -> serde_json::Value {
+        for _ in 0..1000 {
+            let v = self.recv_json().await;
+            if v["type"] == kind {
+                return v;
+            }
+        }
+        panic!("no {kind} event within 1000 events");
     }
 
     /// Reads until a line satisfies `pred`, returning it; at most `limit` lines.
@@ -143,4 +168,12 @@ impl Client {
         }
         panic!("no matching line within {limit} lines");
     }
+}
+
+/// Whether a text-encoding line is a join, leave or nickname notice.
+pub fn is_presence(line: &str) -> bool {
+    line.starts_with("* ")
+        && (line.contains(" joined #")
+            || line.contains(" left #")
+            || line.contains(" is now known as "))
 }
