@@ -1,0 +1,562 @@
+//! The phases of a run: connect, barrier, measured sending, drain, tally.
+//!
+//! Every connected client gets a reader task that checks what it receives
+//! against `verify::ClientLog`; senders get a second task that writes. All
+//! waiting is bounded: a server that stops relaying ends the run with the
+//! loss reported, never with a hang.
+
+use std::collections::HashSet;
+use std::io::{IsTerminal, Write};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_websockets::Message;
+
+use crate::args::{secs, Args};
+use crate::clock;
+use crate::connect::{self, new_histogram, Ws};
+use crate::marker::{self, Frame, Mark};
+use crate::proc_stats;
+use crate::report::{self, Report};
+use crate::verify::{self, ClientLog, Seen};
+
+type Sink = SplitSink<Ws, Message>;
+type Source = SplitStream<Ws>;
+
+/// State every task updates; counters only, so no task waits on another.
+struct Shared {
+    parser: marker::Parser,
+    senders: usize,
+    messages: u32,
+    /// First deliveries of measured messages, over all clients.
+    delivered: AtomicU64,
+    /// Measured messages written by all senders.
+    sent: AtomicU64,
+    last_delivery_ns: AtomicU64,
+    /// Per barrier round: distinct (client, sender) barrier receipts.
+    barrier_hits: Vec<AtomicU64>,
+    disconnected: AtomicUsize,
+    senders_done: AtomicUsize,
+    latency_us: Mutex<Histogram<u64>>,
+}
+
+/// What a reader task hands back when it stops.
+struct ReaderEnd {
+    log: ClientLog,
+    /// Why the connection ended before we stopped it, if it did.
+    lost_connection: Option<String>,
+}
+
+/// What a sender task hands back.
+struct SenderEnd {
+    sent: u32,
+    stopped: Option<String>,
+}
+
+pub async fn run(args: &Args) -> Result<Report> {
+    let target = args.target()?;
+    let sources = args.source_addrs(&target);
+    let server = args.server_pid;
+    if let Some(pid) = server {
+        proc_stats::check_pid(pid)?;
+    }
+    let rss = |pid: Option<u32>| pid.and_then(|p| proc_stats::rss_kib(p).ok());
+    let progress = Progress::new(!args.quiet && std::io::stderr().is_terminal());
+
+    let mut report = Report::new(args, sources.len());
+    report.server_rss_kib_before = rss(server);
+
+    progress.note(&format!(
+        "connecting {} clients to {}",
+        args.clients, args.url
+    ));
+    let connected = connect::connect_all(
+        &target,
+        args.clients,
+        &sources,
+        args.connect_concurrency,
+        secs(args.connect_timeout),
+    )
+    .await?;
+    report.set_connect(connected.seconds, &connected.latency_us);
+
+    let runid = make_runid();
+    let senders = if args.is_idle() { 0 } else { args.senders };
+    let shared = Arc::new(Shared {
+        parser: marker::Parser::new(runid),
+        senders,
+        messages: args.messages,
+        delivered: AtomicU64::new(0),
+        sent: AtomicU64::new(0),
+        last_delivery_ns: AtomicU64::new(0),
+        barrier_hits: (0..args.barrier_rounds)
+            .map(|_| AtomicU64::new(0))
+            .collect(),
+        disconnected: AtomicUsize::new(0),
+        senders_done: AtomicUsize::new(0),
+        latency_us: Mutex::new(new_histogram()),
+    });
+    // In closed loop each sender may have `in_flight` messages whose own echo
+    // has not come back; its reader hands a permit back on each echo.
+    let windows: Vec<Arc<Semaphore>> = (0..senders)
+        .map(|_| Arc::new(Semaphore::new(args.in_flight as usize)))
+        .collect();
+
+    let cancel = CancellationToken::new();
+    let mut sinks: Vec<Sink> = Vec::with_capacity(args.clients);
+    let mut readers: Vec<JoinHandle<ReaderEnd>> = Vec::with_capacity(args.clients);
+    for (i, ws) in connected.clients.into_iter().enumerate() {
+        let (sink, source) = ws.split();
+        sinks.push(sink);
+        let window = match args.rate {
+            None => windows.get(i).cloned(),
+            Some(_) => None,
+        };
+        readers.push(tokio::spawn(read_loop(
+            i,
+            source,
+            shared.clone(),
+            window,
+            cancel.clone(),
+        )));
+    }
+
+    if senders == 0 {
+        // Idle: give the server time to settle its per-connection state.
+        progress.note(&format!("holding {} idle connections", args.clients));
+        tokio::time::sleep(secs(args.hold)).await;
+        report.server_rss_kib_connected = rss(server);
+        report.server_rss_kib_end = rss(server);
+        report.clients_disconnected = Some(shared.disconnected.load(Relaxed));
+        cancel.cancel();
+        for r in readers {
+            let _ = r.await;
+        }
+        report.finish_server(None, None);
+        return Ok(report);
+    }
+
+    progress.note("barrier: waiting until every client receives every sender");
+    let (rounds, barrier_secs) =
+        barrier(args, runid, &shared, &mut sinks[..senders], &progress).await?;
+    report.barrier_rounds = Some(rounds);
+    report.barrier_seconds = Some(barrier_secs);
+    report.server_rss_kib_connected = rss(server);
+
+    // Measured window starts here.
+    let cpu0 = server.map(proc_stats::cpu_seconds).transpose()?;
+    let own_cpu0 = proc_stats::own_cpu_seconds().ok();
+    let t0 = Instant::now();
+    let t0_ns = clock::ns_of(t0);
+
+    let sender_sinks: Vec<Sink> = sinks.drain(..senders).collect();
+    let mut sender_tasks = Vec::with_capacity(senders);
+    for (id, sink) in sender_sinks.into_iter().enumerate() {
+        let shared = shared.clone();
+        let stall = secs(args.stall_timeout);
+        let size = args.size;
+        let task = match args.rate {
+            None => tokio::spawn(send_closed(
+                id as u32,
+                runid,
+                size,
+                sink,
+                shared,
+                windows[id].clone(),
+                stall,
+            )),
+            Some(rate) => {
+                tokio::spawn(send_open(id as u32, runid, size, sink, shared, rate, stall))
+            }
+        };
+        sender_tasks.push(task);
+    }
+
+    let total_msgs = senders as u64 * u64::from(args.messages);
+    let clients = args.clients as u64;
+    while shared.senders_done.load(Relaxed) < senders {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        progress.tick(&shared, total_msgs, clients, t0);
+    }
+    let mut sent_per_sender = Vec::with_capacity(senders);
+    for (id, task) in sender_tasks.into_iter().enumerate() {
+        let end = task.await.context("sender task panicked")?;
+        sent_per_sender.push(end.sent);
+        if let Some(why) = end.stopped {
+            report.senders_stopped.push(format!("sender {id}: {why}"));
+        }
+    }
+
+    // Drain: wait for the last deliveries, until everything sent has reached
+    // every client, or nothing new arrived for --drain-timeout.
+    let expected = shared.sent.load(Relaxed) * clients;
+    let quiet_limit = secs(args.drain_timeout);
+    let mut last_count = shared.delivered.load(Relaxed);
+    let mut last_change = Instant::now();
+    loop {
+        let now = shared.delivered.load(Relaxed);
+        if now >= expected {
+            break;
+        }
+        if now != last_count {
+            last_count = now;
+            last_change = Instant::now();
+        } else if last_change.elapsed() >= quiet_limit {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        progress.tick(&shared, total_msgs, clients, t0);
+    }
+    progress.done();
+
+    let cpu1 = server.map(proc_stats::cpu_seconds).transpose()?;
+    let own_cpu1 = proc_stats::own_cpu_seconds().ok();
+    let wall = t0.elapsed().as_secs_f64();
+    report.server_rss_kib_end = rss(server);
+
+    cancel.cancel();
+    let mut logs = Vec::with_capacity(readers.len());
+    for r in readers {
+        let end = r.await.context("reader task panicked")?;
+        if let Some(why) = end.lost_connection {
+            report.note_disconnect(why);
+        }
+        logs.push(end.log);
+    }
+    drop(sinks);
+
+    let counts = verify::tally(&logs, &sent_per_sender);
+    // Throughput over the span that actually carried deliveries.
+    let last_ns = shared.last_delivery_ns.load(Relaxed);
+    let active = if last_ns > t0_ns {
+        (last_ns - t0_ns) as f64 / 1e9
+    } else {
+        wall
+    };
+    let latency = shared
+        .latency_us
+        .lock()
+        .map_err(|_| anyhow::anyhow!("latency histogram poisoned"))?
+        .clone();
+    report.set_run(report::RunInput {
+        seconds: active,
+        sent: sent_per_sender.iter().map(|&s| u64::from(s)).sum(),
+        planned: total_msgs,
+        counts,
+        foreign: logs.iter().map(|l| l.foreign).sum(),
+        latency_us: &latency,
+        load_cpu_seconds: own_cpu0.zip(own_cpu1).map(|(a, b)| b - a),
+        wall,
+    });
+    report.clients_disconnected = Some(shared.disconnected.load(Relaxed));
+    report.finish_server(cpu0.zip(cpu1).map(|(a, b)| b - a), Some(counts.delivered));
+    Ok(report)
+}
+
+/// Every sender sends a barrier message; the round succeeds when every client
+/// has received every sender's barrier. That proves every client is
+/// subscribed and every sender is relayed, whatever the server does first
+/// (greeting, login, late subscription). Retries a few rounds, then fails.
+async fn barrier(
+    args: &Args,
+    runid: u32,
+    shared: &Shared,
+    sinks: &mut [Sink],
+    progress: &Progress,
+) -> Result<(u32, f64)> {
+    let t0 = Instant::now();
+    let want = (args.clients * sinks.len()) as u64;
+    let timeout = secs(args.barrier_timeout);
+    for round in 0..args.barrier_rounds {
+        for (id, sink) in sinks.iter_mut().enumerate() {
+            let text = marker::encode_barrier(runid, id as u32, round);
+            tokio::time::timeout(timeout, sink.send(Message::text(text)))
+                .await
+                .map_err(|_| anyhow::anyhow!("timed out"))
+                .and_then(|r| r.map_err(anyhow::Error::from))
+                .with_context(|| format!("{}: sender {id} cannot send barrier", args.url))?;
+        }
+        let round_start = Instant::now();
+        let hits = &shared.barrier_hits[round as usize];
+        while round_start.elapsed() < timeout {
+            if hits.load(Relaxed) >= want {
+                return Ok((round + 1, t0.elapsed().as_secs_f64()));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        progress.note(&format!(
+            "barrier round {}: {} of {} receipts; retrying",
+            round + 1,
+            hits.load(Relaxed),
+            want
+        ));
+    }
+    let best = shared
+        .barrier_hits
+        .iter()
+        .map(|h| h.load(Relaxed))
+        .max()
+        .unwrap_or(0);
+    bail!(
+        "{}: barrier failed: after {} rounds of {:.1}s the best round reached {best} of {want} \
+         (client, sender) receipts; {} clients disconnected. Is this a broadcast server that \
+         relays every text message to every client?",
+        args.url,
+        args.barrier_rounds,
+        args.barrier_timeout,
+        shared.disconnected.load(Relaxed)
+    )
+}
+
+async fn read_loop(
+    index: usize,
+    mut source: Source,
+    shared: Arc<Shared>,
+    window: Option<Arc<Semaphore>>,
+    cancel: CancellationToken,
+) -> ReaderEnd {
+    let mut log = ClientLog::new(shared.senders);
+    let mut barriers_seen: HashSet<(u32, u32)> = HashSet::new();
+    // Latencies are batched so the shared histogram's lock is taken rarely.
+    let mut pending: Vec<u64> = Vec::with_capacity(256);
+    let own_id = u32::try_from(index).ok();
+    let lost_connection = loop {
+        let item = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => break None,
+            item = source.next() => item,
+        };
+        let msg = match item {
+            None => break Some("connection closed by server".to_string()),
+            Some(Err(e)) => break Some(format!("connection error: {e}")),
+            Some(Ok(msg)) => msg,
+        };
+        if !(msg.is_text() || msg.is_binary()) {
+            continue; // pings are answered by tokio-websockets itself
+        }
+        match shared.parser.parse(msg.as_payload()) {
+            Frame::Message(mark) => {
+                on_message(&shared, &mut log, &mut pending, mark, own_id, &window);
+            }
+            Frame::Barrier { sender, round } => {
+                if (round as usize) < shared.barrier_hits.len()
+                    && (sender as usize) < shared.senders
+                    && barriers_seen.insert((sender, round))
+                {
+                    shared.barrier_hits[round as usize].fetch_add(1, Relaxed);
+                }
+            }
+            Frame::Other => {}
+        }
+    };
+    if lost_connection.is_some() {
+        shared.disconnected.fetch_add(1, Relaxed);
+    }
+    flush_latencies(&shared, &mut pending);
+    ReaderEnd {
+        log,
+        lost_connection,
+    }
+}
+
+fn on_message(
+    shared: &Shared,
+    log: &mut ClientLog,
+    pending: &mut Vec<u64>,
+    mark: Mark,
+    own_id: Option<u32>,
+    window: &Option<Arc<Semaphore>>,
+) {
+    let now = clock::now_ns();
+    let Some(seen) = log.record(mark.sender, mark.seq, shared.messages) else {
+        return;
+    };
+    if seen == Seen::Duplicate {
+        return;
+    }
+    debug_assert!(seen.is_first());
+    shared.delivered.fetch_add(1, Relaxed);
+    shared.last_delivery_ns.fetch_max(now, Relaxed);
+    pending.push(now.saturating_sub(mark.send_ns) / 1_000);
+    if pending.len() == pending.capacity() {
+        flush_latencies(shared, pending);
+    }
+    if own_id == Some(mark.sender) {
+        if let Some(w) = window {
+            // Our own echo is back: one more message may be outstanding.
+            w.add_permits(1);
+        }
+    }
+}
+
+fn flush_latencies(shared: &Shared, pending: &mut Vec<u64>) {
+    if pending.is_empty() {
+        return;
+    }
+    if let Ok(mut h) = shared.latency_us.lock() {
+        for &us in pending.iter() {
+            h.saturating_record(us.max(1));
+        }
+    }
+    pending.clear();
+}
+
+/// Closed loop: send as soon as the window has room; stop when no echo comes
+/// back for `stall` (the server dropped our messages or our connection).
+async fn send_closed(
+    id: u32,
+    runid: u32,
+    size: usize,
+    mut sink: Sink,
+    shared: Arc<Shared>,
+    window: Arc<Semaphore>,
+    stall: Duration,
+) -> SenderEnd {
+    let mut sent = 0u32;
+    let mut stopped = None;
+    for seq in 0..shared.messages {
+        match tokio::time::timeout(stall, window.acquire()).await {
+            Ok(Ok(permit)) => permit.forget(),
+            Ok(Err(_)) => unreachable!("window semaphore is never closed"),
+            Err(_) => {
+                stopped = Some(format!(
+                    "no echo of its own messages for {stall:?} after sending {sent}"
+                ));
+                break;
+            }
+        }
+        let mark = Mark {
+            sender: id,
+            seq,
+            send_ns: clock::now_ns(),
+        };
+        if let Err(why) = send_one(&mut sink, runid, mark, size, stall).await {
+            stopped = Some(format!("{why} after sending {sent}"));
+            break;
+        }
+        sent += 1;
+        shared.sent.fetch_add(1, Relaxed);
+    }
+    shared.senders_done.fetch_add(1, Relaxed);
+    SenderEnd { sent, stopped }
+}
+
+/// Open loop: message `k` is due at start + k/rate whether or not earlier ones
+/// came back. Its timestamp is the time it was due, not when it went out, so
+/// a sender that falls behind shows up as latency (no coordinated omission).
+async fn send_open(
+    id: u32,
+    runid: u32,
+    size: usize,
+    mut sink: Sink,
+    shared: Arc<Shared>,
+    rate: f64,
+    stall: Duration,
+) -> SenderEnd {
+    // Stagger senders across one period so they do not fire in lockstep.
+    let period = Duration::from_secs_f64(1.0 / rate);
+    let start = Instant::now() + period.mul_f64(f64::from(id) / shared.senders.max(1) as f64);
+    let mut sent = 0u32;
+    let mut stopped = None;
+    for seq in 0..shared.messages {
+        let due = start + period.mul_f64(f64::from(seq));
+        tokio::time::sleep_until(due.into()).await;
+        let mark = Mark {
+            sender: id,
+            seq,
+            send_ns: clock::ns_of(due),
+        };
+        if let Err(why) = send_one(&mut sink, runid, mark, size, stall).await {
+            stopped = Some(format!("{why} after sending {sent}"));
+            break;
+        }
+        sent += 1;
+        shared.sent.fetch_add(1, Relaxed);
+    }
+    shared.senders_done.fetch_add(1, Relaxed);
+    SenderEnd { sent, stopped }
+}
+
+async fn send_one(
+    sink: &mut Sink,
+    runid: u32,
+    mark: Mark,
+    size: usize,
+    limit: Duration,
+) -> std::result::Result<(), String> {
+    let text = marker::encode_message(runid, mark, size);
+    match tokio::time::timeout(limit, sink.send(Message::text(text))).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(format!("send failed ({e})")),
+        Err(_) => Err(format!("send blocked for {limit:?}")),
+    }
+}
+
+/// A run id that differs between runs, so stray frames of an earlier run
+/// (e.g. history replay) are never counted.
+fn make_runid() -> u32 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() ^ (d.as_secs() as u32))
+        .unwrap_or(0);
+    nanos ^ std::process::id().rotate_left(16)
+}
+
+/// The progress line on stderr, shown only on a terminal.
+struct Progress {
+    enabled: bool,
+    last: Mutex<Option<Instant>>,
+}
+
+impl Progress {
+    fn new(enabled: bool) -> Self {
+        Progress {
+            enabled,
+            last: Mutex::new(None),
+        }
+    }
+
+    fn note(&self, text: &str) {
+        if self.enabled {
+            eprintln!("chat-load: {text}");
+        }
+    }
+
+    fn tick(&self, shared: &Shared, total_msgs: u64, clients: u64, t0: Instant) {
+        if !self.enabled {
+            return;
+        }
+        let Ok(mut last) = self.last.lock() else {
+            return;
+        };
+        if last.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+            return;
+        }
+        *last = Some(Instant::now());
+        let sent = shared.sent.load(Relaxed);
+        let delivered = shared.delivered.load(Relaxed);
+        let elapsed = t0.elapsed().as_secs_f64();
+        eprint!(
+            "\r{elapsed:6.1}s  sent {sent}/{total_msgs}  delivered {delivered}/{}  {:.0}/s  disconnected {}   ",
+            sent * clients,
+            delivered as f64 / elapsed.max(1e-9),
+            shared.disconnected.load(Relaxed)
+        );
+        let _ = std::io::stderr().flush();
+    }
+
+    fn done(&self) {
+        let printed = self.last.lock().map(|l| l.is_some()).unwrap_or(false);
+        if self.enabled && printed {
+            eprintln!();
+        }
+    }
+}
