@@ -37,6 +37,10 @@ pub const DEFAULT_CHANNEL_CAPACITY: usize = 4096;
 pub const DEFAULT_HISTORY_DEPTH: usize = 1000;
 /// Default cap on the number of rooms.
 pub const DEFAULT_MAX_ROOMS: usize = 1000;
+/// Rooms with more members than this do not announce joins and leaves:
+/// in a big room they would drown the conversation, and each one costs a
+/// delivery per member (a room filling up would cost O(members²)).
+pub const DEFAULT_PRESENCE_LIMIT: usize = 100;
 /// Private messages and other events for one member that may wait for its
 /// session; beyond this the sender is told the recipient is not keeping up.
 pub const DIRECT_CAPACITY: usize = 256;
@@ -55,6 +59,9 @@ pub struct HubConfig {
     pub history_depth: usize,
     /// Most rooms that may exist at once.
     pub max_rooms: usize,
+    /// Rooms with more members than this skip join and leave notices
+    /// (0: always announce).
+    pub presence_limit: usize,
 }
 
 impl Default for HubConfig {
@@ -64,6 +71,7 @@ impl Default for HubConfig {
             channel_capacity: DEFAULT_CHANNEL_CAPACITY,
             history_depth: DEFAULT_HISTORY_DEPTH,
             max_rooms: DEFAULT_MAX_ROOMS,
+            presence_limit: DEFAULT_PRESENCE_LIMIT,
         }
     }
 }
@@ -373,16 +381,25 @@ impl Hub {
             room: room_name.to_string(),
             lines: room.recent(DEFAULT_HISTORY_REPLAY),
         };
-        room.send(&Event::Joined {
-            room: room_name.to_string(),
-            addr,
-            nick,
-        });
+        if self.announces_presence(room) {
+            room.send(&Event::Joined {
+                room: room_name.to_string(),
+                addr,
+                nick,
+            });
+        }
         Joined {
             room: room_name.to_string(),
             rx,
             history,
         }
+    }
+
+    /// Whether joins and leaves in `room` are announced (see
+    /// [`DEFAULT_PRESENCE_LIMIT`]).
+    fn announces_presence(&self, room: &Room) -> bool {
+        let limit = self.inner.config.presence_limit;
+        limit == 0 || room.members.len() <= limit
     }
 
     /// Takes member `id` out of its room and announces the departure.
@@ -394,13 +411,16 @@ impl Hub {
         let Some(room) = state.rooms.get_mut(&room_name) else {
             return;
         };
+        // Counted with the leaver still in, like the join was.
+        if self.announces_presence(room) {
+            room.send(&Event::Left {
+                room: room_name.clone(),
+                addr,
+                nick,
+                reason: reason.map(String::from),
+            });
+        }
         room.members.remove(&id);
-        room.send(&Event::Left {
-            room: room_name.clone(),
-            addr,
-            nick,
-            reason: reason.map(String::from),
-        });
         if room.members.is_empty() {
             // Nobody listens: free the channel buffer. A room that never
             // had a line is forgotten; one with lines keeps its history and
@@ -809,6 +829,27 @@ mod tests {
         };
         let names: Vec<_> = rooms.iter().map(|r| (r.name.as_str(), r.members)).collect();
         assert_eq!(names, [("#go", 0), ("#lobby", 1)]);
+    }
+
+    #[test]
+    fn big_rooms_do_not_announce_joins_and_leaves() {
+        let hub = Hub::new(HubConfig {
+            presence_limit: 2,
+            ..HubConfig::default()
+        });
+        let mut a = hub.connect(addr(1));
+        let b = hub.connect(addr(2));
+        let c = hub.connect(addr(3));
+        hub.disconnect(c.id, None);
+        hub.disconnect(b.id, None);
+        assert_eq!(
+            drain(&mut a.joined.rx),
+            [
+                "* 127.0.0.1:1 joined #lobby",
+                "* 127.0.0.1:2 joined #lobby",
+                "* 127.0.0.1:2 left #lobby"
+            ]
+        );
     }
 
     #[test]

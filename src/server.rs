@@ -138,8 +138,12 @@ async fn serve_connection(
         }
     };
     info!(encoding = ?accepted.encoding, "connected");
+    let encoding = accepted.encoding;
+    // The request is not needed any more; do not keep it for the session's
+    // lifetime.
+    drop(accepted);
     let ws = ServerBuilder::new()
         .limits(Limits::default().max_payload_len(Some(MAX_MESSAGE_BYTES)))
         .serve(stream);
-    session::run(ws, addr, accepted.encoding, hub, stop).await;
+    session::run(ws, addr, encoding, hub, stop).await;
 }

@@ -3,7 +3,10 @@ use std::io::IsTerminal as _;
 use std::net::SocketAddr;
 
 use anyhow::Context as _;
-use chat::hub::{HubConfig, DEFAULT_CHANNEL_CAPACITY, DEFAULT_HISTORY_DEPTH, DEFAULT_MAX_ROOMS};
+use chat::hub::{
+    HubConfig, DEFAULT_CHANNEL_CAPACITY, DEFAULT_HISTORY_DEPTH, DEFAULT_MAX_ROOMS,
+    DEFAULT_PRESENCE_LIMIT,
+};
 use chat::server::{self, Config};
 use clap::builder::TypedValueParser as _;
 use clap::Parser;
@@ -31,6 +34,10 @@ struct Args {
     /// Most rooms that may exist at once.
     #[arg(long, default_value_t = DEFAULT_MAX_ROOMS, value_parser = clap::value_parser!(u64).range(1..).map(|v| v as usize))]
     max_rooms: usize,
+    /// Rooms with more members than this do not announce joins and leaves
+    /// (0: always announce).
+    #[arg(long, default_value_t = DEFAULT_PRESENCE_LIMIT)]
+    presence_limit: usize,
 }
 
 #[tokio::main]
@@ -61,6 +68,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
             channel_capacity: args.channel_capacity as usize,
             history_depth: args.history,
             max_rooms: args.max_rooms,
+            presence_limit: args.presence_limit,
         },
         ..Config::default()
     };
