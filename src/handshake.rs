@@ -113,7 +113,8 @@ pub struct Rejection {
 }
 
 impl Rejection {
-    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+    /// A refusal with `status` and a one-line explanation.
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
         Rejection {
             status,
             message: message.into(),
@@ -121,7 +122,9 @@ impl Rejection {
         }
     }
 
-    fn with_header(mut self, name: &'static str, value: &'static str) -> Self {
+    /// Adds a response header the status calls for.
+    #[must_use]
+    pub fn with_header(mut self, name: &'static str, value: &'static str) -> Self {
         self.header = Some((name, value));
         self
     }

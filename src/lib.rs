@@ -4,6 +4,8 @@
 //! # Layout
 //! - [`protocol`]: what clients send and the events the server sends, with
 //!   their text and JSON encodings. Pure; no I/O.
+//! - [`admission`]: the connection caps (global and per source address)
+//!   checked at accept, before any byte is read.
 //! - [`handshake`]: reads and answers the HTTP request that opens a
 //!   connection, with a size cap; the WebSocket upgrade decision lives here.
 //! - [`hub`]: members, rooms and their broadcast channels. Synchronous; never
@@ -15,6 +17,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod admission;
 pub mod client;
 pub mod handshake;
 pub mod hub;

@@ -10,12 +10,17 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::io::AsyncWriteExt as _;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tokio_websockets::{Limits, ServerBuilder};
 use tracing::{debug, error, info, info_span, warn, Instrument as _};
 
+use crate::admission::{
+    Admission, RefusalLog, Refused, Ticket, DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_CONNECTIONS_PER_IP, REFUSAL_REPORT_INTERVAL,
+};
 use crate::handshake::{self, HANDSHAKE_TIMEOUT};
 use crate::hub::{Hub, HubConfig};
 use crate::session;
@@ -30,6 +35,9 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 const MIN_ACCEPT_BACKOFF: Duration = Duration::from_millis(5);
 /// Longest pause after repeated `accept` failures.
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
+/// How long writing the short answer to a refused connection may take; a
+/// peer that does not read it is simply dropped.
+const REFUSAL_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Settings of a server.
 #[derive(Debug, Clone)]
@@ -38,6 +46,12 @@ pub struct Config {
     pub hub: HubConfig,
     /// How long a client has to complete the HTTP upgrade.
     pub handshake_timeout: Duration,
+    /// Most connections open at once, handshakes included; 0 for no cap.
+    /// One more is answered `503 Service Unavailable`.
+    pub max_connections: usize,
+    /// Most connections open at once from one source address, handshakes
+    /// included; 0 for no cap. One more is answered `429 Too Many Requests`.
+    pub max_connections_per_ip: usize,
 }
 
 impl Default for Config {
@@ -45,6 +59,8 @@ impl Default for Config {
         Config {
             hub: HubConfig::default(),
             handshake_timeout: HANDSHAKE_TIMEOUT,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
         }
     }
 }
@@ -60,6 +76,10 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let hub = Hub::new(config.hub.clone());
+    let admission = Admission::new(config.max_connections, config.max_connections_per_ip);
+    let mut refusals = RefusalLog::default();
+    let mut report = tokio::time::interval(REFUSAL_REPORT_INTERVAL);
+    report.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let config = Arc::new(config);
     let stop = CancellationToken::new();
     let tasks = TaskTracker::new();
@@ -70,14 +90,34 @@ pub async fn run(
         let accepted = tokio::select! {
             () = &mut shutdown => break,
             accepted = listener.accept() => accepted,
+            _ = report.tick() => {
+                refusals.tick(std::time::Instant::now());
+                continue;
+            }
         };
         match accepted {
             Ok((stream, addr)) => {
                 backoff = MIN_ACCEPT_BACKOFF;
-                let span = info_span!("conn", %addr);
-                let conn =
-                    serve_connection(stream, addr, hub.clone(), config.clone(), stop.clone());
-                tasks.spawn(conn.instrument(span));
+                // Admission is decided here, synchronously, so the caps are
+                // exact however fast connections arrive.
+                match admission.admit(addr.ip()) {
+                    Ok(ticket) => {
+                        let span = info_span!("conn", %addr);
+                        let conn = serve_connection(
+                            stream,
+                            addr,
+                            ticket,
+                            hub.clone(),
+                            config.clone(),
+                            stop.clone(),
+                        );
+                        tasks.spawn(conn.instrument(span));
+                    }
+                    Err(why) => {
+                        refusals.refused(why, std::time::Instant::now());
+                        tasks.spawn(refuse(stream, why));
+                    }
+                }
             }
             Err(e) => {
                 // EMFILE and friends: wait for connections to free resources
@@ -109,10 +149,23 @@ pub async fn run(
     Ok(())
 }
 
-/// One connection from TCP accept to the end of its session.
+/// Answers a connection over a cap and closes it, reading none of its
+/// request: the answer does not depend on it, and reading would cost the
+/// very resources the cap protects.
+async fn refuse(mut stream: TcpStream, why: Refused) {
+    let _ = tokio::time::timeout(REFUSAL_WRITE_TIMEOUT, async {
+        stream.write_all(&why.response()).await?;
+        stream.shutdown().await
+    })
+    .await;
+}
+
+/// One connection from TCP accept to the end of its session. `ticket` holds
+/// its place inside the connection caps until the task ends.
 async fn serve_connection(
     mut stream: TcpStream,
     addr: SocketAddr,
+    ticket: Ticket,
     hub: Hub,
     config: Arc<Config>,
     stop: CancellationToken,
@@ -142,4 +195,5 @@ async fn serve_connection(
         .limits(Limits::default().max_payload_len(Some(MAX_MESSAGE_BYTES)))
         .serve(stream);
     session::run(ws, addr, accepted.encoding, hub, stop).await;
+    drop(ticket);
 }

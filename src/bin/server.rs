@@ -3,6 +3,7 @@ use std::io::IsTerminal as _;
 use std::net::SocketAddr;
 
 use anyhow::Context as _;
+use chat::admission::{DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_IP};
 use chat::hub::{HubConfig, DEFAULT_CHANNEL_CAPACITY};
 use chat::server::{self, Config};
 use clap::Parser;
@@ -23,6 +24,14 @@ struct Args {
     /// starts skipping messages for that receiver.
     #[arg(long, default_value_t = DEFAULT_CHANNEL_CAPACITY as u32, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     channel_capacity: u32,
+    /// Most connections open at once, handshakes included (0: no limit).
+    /// One more is answered 503 Service Unavailable.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_CONNECTIONS)]
+    max_connections: usize,
+    /// Most connections open at once from one IP address, handshakes
+    /// included (0: no limit). One more is answered 429 Too Many Requests.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_CONNECTIONS_PER_IP)]
+    max_connections_per_ip: usize,
 }
 
 #[tokio::main]
@@ -52,6 +61,8 @@ async fn serve(args: Args) -> anyhow::Result<()> {
             name: args.name,
             channel_capacity: args.channel_capacity as usize,
         },
+        max_connections: args.max_connections,
+        max_connections_per_ip: args.max_connections_per_ip,
         ..Config::default()
     };
     server::run(listener, config, shutdown_signal()).await
