@@ -21,7 +21,7 @@ use crate::admission::{
     Admission, RefusalLog, Refused, Ticket, DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_CONNECTIONS_PER_IP, REFUSAL_REPORT_INTERVAL,
 };
-use crate::handshake::{self, HANDSHAKE_TIMEOUT};
+use crate::handshake::{self, Policy, HANDSHAKE_TIMEOUT};
 use crate::hub::{Hub, HubConfig};
 use crate::session;
 
@@ -52,6 +52,8 @@ pub struct Config {
     /// Most connections open at once from one source address, handshakes
     /// included; 0 for no cap. One more is answered `429 Too Many Requests`.
     pub max_connections_per_ip: usize,
+    /// Which browser origins may connect and which token clients must show.
+    pub policy: Policy,
 }
 
 impl Default for Config {
@@ -61,6 +63,7 @@ impl Default for Config {
             handshake_timeout: HANDSHAKE_TIMEOUT,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
+            policy: Policy::default(),
         }
     }
 }
@@ -177,7 +180,7 @@ async fn serve_connection(
     }
     let accepted = tokio::select! {
         () = stop.cancelled() => return,
-        accepted = tokio::time::timeout(config.handshake_timeout, handshake::accept(&mut stream)) => accepted,
+        accepted = tokio::time::timeout(config.handshake_timeout, handshake::accept(&mut stream, &config.policy)) => accepted,
     };
     let accepted = match accepted {
         Ok(Ok(accepted)) => accepted,

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 
 use anyhow::Context as _;
 use chat::admission::{DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_IP};
+use chat::handshake::{Policy, Token};
 use chat::hub::{HubConfig, DEFAULT_CHANNEL_CAPACITY};
 use chat::server::{self, Config};
 use clap::Parser;
@@ -32,6 +33,24 @@ struct Args {
     /// included (0: no limit). One more is answered 429 Too Many Requests.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_CONNECTIONS_PER_IP)]
     max_connections_per_ip: usize,
+    /// A browser origin allowed to connect, such as
+    /// https://chat.example.com, or * for any; repeat for more. Without
+    /// this flag, only pages from the server's own host and port may
+    /// connect. Clients that send no Origin (non-browsers) are always
+    /// allowed. Others get 403.
+    #[arg(long = "allowed-origin", value_name = "ORIGIN")]
+    allowed_origins: Vec<String>,
+    /// A secret clients must show, as "Authorization: Bearer TOKEN" or as
+    /// ?token=TOKEN in the URL; others get 401. Prefer the environment
+    /// variable: command lines are visible to other users.
+    #[arg(
+        long,
+        env = "CHAT_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN",
+        value_parser = clap::builder::NonEmptyStringValueParser::new()
+    )]
+    token: Option<String>,
 }
 
 #[tokio::main]
@@ -63,6 +82,10 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         },
         max_connections: args.max_connections,
         max_connections_per_ip: args.max_connections_per_ip,
+        policy: Policy {
+            allowed_origins: args.allowed_origins,
+            token: args.token.map(Token::new),
+        },
         ..Config::default()
     };
     server::run(listener, config, shutdown_signal()).await

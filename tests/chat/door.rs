@@ -1,15 +1,17 @@
 //! Hardening, "at the door": everything that happens before a connection
-//! becomes a session — connection caps, slow and oversized handshakes.
+//! becomes a session — connection caps, slow and oversized handshakes,
+//! Origin and token checks.
 //!
 //! Client sockets bind distinct loopback sources (127.0.0.2, 127.0.0.3, ...)
 //! so the per-address cap can be told apart from the global one.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use chat::handshake::{self, HandshakeError, MAX_REQUEST_BYTES};
+use chat::handshake::{self, HandshakeError, Policy, Token, MAX_REQUEST_BYTES};
 use chat::server::Config;
 use futures_util::{SinkExt as _, StreamExt as _};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWriteExt as _, ReadBuf};
@@ -304,4 +306,161 @@ async fn reading_an_endless_head_stops_at_the_cap() {
         "read {} bytes of an endless head",
         endless.read
     );
+}
+
+/// Sends an upgrade request for `path` with `extra` header lines (each
+/// ending in CRLF) and returns the status line of the answer.
+async fn status_of(server: &TestServer, path: &str, extra: &str) -> String {
+    let mut tcp = tcp_from(server, source(1)).await;
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{extra}\r\n",
+        server.addr
+    );
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    // A 101 leaves the connection open: read only the status line.
+    while !answer.ends_with(b"\r\n") {
+        let mut byte = [0u8];
+        let n = tokio::time::timeout(WAIT, tcp.read(&mut byte))
+            .await
+            .expect("no answer")
+            .unwrap();
+        assert_eq!(n, 1, "closed without an answer");
+        answer.push(byte[0]);
+    }
+    String::from_utf8(answer).unwrap().trim_end().to_string()
+}
+
+/// A WebSocket client with extra request headers; the welcome consumed.
+async fn ws_with(
+    server: &TestServer,
+    uri: &str,
+    headers: &[(&'static str, &str)],
+) -> WebSocketStream<TcpStream> {
+    let tcp = tcp_from(server, source(1)).await;
+    let mut builder = ClientBuilder::new().uri(uri).unwrap();
+    for (name, value) in headers {
+        builder = builder
+            .add_header(
+                http::HeaderName::from_static(name),
+                http::HeaderValue::from_str(value).unwrap(),
+            )
+            .unwrap();
+    }
+    let (mut ws, _) = tokio::time::timeout(WAIT, builder.connect_on(tcp))
+        .await
+        .expect("upgrade timed out")
+        .expect("upgrade failed");
+    let welcome = next_text(&mut ws).await;
+    assert!(welcome.starts_with("* welcome"), "first line: {welcome}");
+    ws
+}
+
+#[tokio::test]
+async fn origins_listed_absent_or_same_host_are_allowed_others_get_403() {
+    let listed = TestServer::start_with(Config {
+        policy: Policy {
+            allowed_origins: vec!["https://chat.example".into()],
+            ..Policy::default()
+        },
+        ..Config::default()
+    })
+    .await;
+    let url = listed.url();
+    ws_with(&listed, &url, &[("origin", "https://chat.example")]).await;
+    ws_with(&listed, &url, &[]).await;
+    assert_eq!(
+        status_of(&listed, "/", "Origin: https://evil.example\r\n").await,
+        "HTTP/1.1 403 Forbidden"
+    );
+    // Listing origins replaces the same-host rule.
+    let own = format!("http://{}", listed.addr);
+    assert_eq!(
+        status_of(&listed, "/", &format!("Origin: {own}\r\n")).await,
+        "HTTP/1.1 403 Forbidden"
+    );
+    listed.shutdown().await;
+
+    // The default: same host and port as the Host header.
+    let server = TestServer::start().await;
+    let own = format!("http://{}", server.addr);
+    ws_with(&server, &server.url(), &[("origin", &own)]).await;
+    ws_with(&server, &server.url(), &[]).await;
+    let other_port = format!("http://127.0.0.1:{}", server.addr.port() + 1);
+    for origin in ["https://evil.example", "null", other_port.as_str()] {
+        assert_eq!(
+            status_of(&server, "/", &format!("Origin: {origin}\r\n")).await,
+            "HTTP/1.1 403 Forbidden",
+            "{origin}"
+        );
+    }
+    server.shutdown().await;
+}
+
+/// A log sink shared with a test.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn the_token_is_required_and_never_logged() {
+    const TOKEN: &str = "tok-3f9a/c0ffee";
+    // Everything the server logs, at every level, on this test's thread
+    // (a #[tokio::test] runtime runs the server's tasks on it too).
+    let logs = Captured::default();
+    let sink = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .with_writer(move || sink.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let server = TestServer::start_with(Config {
+        policy: Policy {
+            token: Some(Token::new(TOKEN)),
+            ..Policy::default()
+        },
+        ..Config::default()
+    })
+    .await;
+    let bearer = format!("Bearer {TOKEN}");
+    let mut a = ws_with(&server, &server.url(), &[("authorization", &bearer)]).await;
+    let in_query = format!("{}/?token=tok-3f9a%2Fc0ffee", server.url());
+    ws_with(&server, &in_query, &[]).await;
+    assert_eq!(
+        status_of(&server, "/", "").await,
+        "HTTP/1.1 401 Unauthorized"
+    );
+    assert_eq!(
+        status_of(&server, "/", "Authorization: Bearer nope\r\n").await,
+        "HTTP/1.1 401 Unauthorized"
+    );
+    assert_eq!(
+        status_of(&server, "/?token=tok-3f9a", "").await,
+        "HTTP/1.1 401 Unauthorized"
+    );
+    // Refused before the upgrade is even looked at.
+    let mut plain = tcp_from(&server, source(1)).await;
+    plain
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(read_answer(&mut plain).await.starts_with("HTTP/1.1 401 "));
+    a.send(Message::text("hello")).await.unwrap();
+    assert!(next_text(&mut a).await.ends_with(": hello"));
+    server.shutdown().await;
+
+    let logs = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    assert!(logs.contains("401"), "the refusals were not logged: {logs}");
+    assert!(!logs.contains("c0ffee"), "a token reached the log:\n{logs}");
 }
