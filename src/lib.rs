@@ -12,6 +12,8 @@
 //!   touches a socket.
 //! - [`session`]: one upgraded connection; the only server module that
 //!   speaks WebSocket.
+//! - [`tls`]: loading the certificate and key for `wss://`, and the TLS
+//!   handshake that comes before the HTTP upgrade.
 //! - [`server`]: the accept loop and orderly shutdown.
 //! - [`client`]: the terminal client's connection and line relay.
 #![forbid(unsafe_code)]
@@ -24,3 +26,4 @@ pub mod hub;
 pub mod protocol;
 pub mod server;
 pub mod session;
+pub mod tls;

@@ -10,8 +10,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt as _;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::rustls::ServerConfig;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tokio_websockets::{Limits, ServerBuilder};
@@ -24,6 +25,7 @@ use crate::admission::{
 use crate::handshake::{self, Policy, HANDSHAKE_TIMEOUT};
 use crate::hub::{Hub, HubConfig};
 use crate::session;
+use crate::tls::{self, TLS_HANDSHAKE_TIMEOUT};
 
 /// Largest chat message a client may send, in bytes (a single frame or all
 /// fragments of one message together). Bigger ones end the connection with
@@ -46,6 +48,12 @@ pub struct Config {
     pub hub: HubConfig,
     /// How long a client has to complete the HTTP upgrade.
     pub handshake_timeout: Duration,
+    /// Serve `wss://` with this TLS configuration (see [`tls::load`]);
+    /// `None` for plain `ws://`.
+    pub tls: Option<Arc<ServerConfig>>,
+    /// How long a client has to complete the TLS handshake, before the
+    /// HTTP upgrade's own [`Config::handshake_timeout`] starts.
+    pub tls_handshake_timeout: Duration,
     /// Most connections open at once, handshakes included; 0 for no cap.
     /// One more is answered `503 Service Unavailable`.
     pub max_connections: usize,
@@ -61,6 +69,8 @@ impl Default for Config {
         Config {
             hub: HubConfig::default(),
             handshake_timeout: HANDSHAKE_TIMEOUT,
+            tls: None,
+            tls_handshake_timeout: TLS_HANDSHAKE_TIMEOUT,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
             policy: Policy::default(),
@@ -166,7 +176,7 @@ async fn refuse(mut stream: TcpStream, why: Refused) {
 /// One connection from TCP accept to the end of its session. `ticket` holds
 /// its place inside the connection caps until the task ends.
 async fn serve_connection(
-    mut stream: TcpStream,
+    stream: TcpStream,
     addr: SocketAddr,
     ticket: Ticket,
     hub: Hub,
@@ -178,6 +188,38 @@ async fn serve_connection(
     if let Err(e) = stream.set_nodelay(true) {
         debug!(error = %e, "could not set TCP_NODELAY");
     }
+    match &config.tls {
+        None => upgrade_and_serve(stream, addr, hub, &config, stop).await,
+        Some(tls_config) => {
+            let secured = tokio::select! {
+                () = stop.cancelled() => return,
+                secured = tokio::time::timeout(
+                    config.tls_handshake_timeout,
+                    tls::accept(stream, tls_config.clone()),
+                ) => secured,
+            };
+            match secured {
+                Ok(Ok(stream)) => upgrade_and_serve(stream, addr, hub, &config, stop).await,
+                Ok(Err(e)) => info!(error = %e, "TLS handshake failed"),
+                Err(_) => {
+                    info!(timeout = ?config.tls_handshake_timeout, "TLS handshake timed out");
+                }
+            }
+        }
+    }
+    drop(ticket);
+}
+
+/// The HTTP upgrade and then the session, over TCP or TLS alike.
+async fn upgrade_and_serve<S>(
+    mut stream: S,
+    addr: SocketAddr,
+    hub: Hub,
+    config: &Config,
+    stop: CancellationToken,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let accepted = tokio::select! {
         () = stop.cancelled() => return,
         accepted = tokio::time::timeout(config.handshake_timeout, handshake::accept(&mut stream, &config.policy)) => accepted,
@@ -198,5 +240,4 @@ async fn serve_connection(
         .limits(Limits::default().max_payload_len(Some(MAX_MESSAGE_BYTES)))
         .serve(stream);
     session::run(ws, addr, accepted.encoding, hub, stop).await;
-    drop(ticket);
 }

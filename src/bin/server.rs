@@ -1,12 +1,15 @@
 //! `server`: the chat server. Arguments, logging, bind, then `server::run`.
 use std::io::IsTerminal as _;
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use chat::admission::{DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_IP};
-use chat::handshake::{Policy, Token};
+use chat::handshake::{Policy, Token, HANDSHAKE_TIMEOUT};
 use chat::hub::{HubConfig, DEFAULT_CHANNEL_CAPACITY};
 use chat::server::{self, Config};
+use chat::tls::{self, TLS_HANDSHAKE_TIMEOUT};
 use clap::Parser;
 use tokio::net::TcpListener;
 use tracing::info;
@@ -51,6 +54,29 @@ struct Args {
         value_parser = clap::builder::NonEmptyStringValueParser::new()
     )]
     token: Option<String>,
+    /// PEM certificate chain: serve wss:// instead of ws:// (needs
+    /// --tls-key).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Seconds a client has to complete the TLS handshake (0: no limit).
+    #[arg(long, value_name = "SECONDS", default_value_t = TLS_HANDSHAKE_TIMEOUT.as_secs())]
+    tls_handshake_timeout: u64,
+    /// Seconds a client has to send its HTTP upgrade request and get the
+    /// answer (0: no limit).
+    #[arg(long, value_name = "SECONDS", default_value_t = HANDSHAKE_TIMEOUT.as_secs())]
+    handshake_timeout: u64,
+}
+
+/// A timeout flag's value: 0 means no limit.
+fn seconds(secs: u64) -> Duration {
+    if secs == 0 {
+        Duration::MAX
+    } else {
+        Duration::from_secs(secs)
+    }
 }
 
 #[tokio::main]
@@ -71,15 +97,28 @@ async fn main() {
 }
 
 async fn serve(args: Args) -> anyhow::Result<()> {
+    // Before binding: a bad certificate should not leave a port open even
+    // for a moment.
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(tls::load(cert, key)?),
+        _ => None,
+    };
+    let scheme = if tls.is_some() { "wss" } else { "ws" };
     let listener = TcpListener::bind(args.addr)
         .await
         .with_context(|| format!("cannot listen on {}", args.addr))?;
-    info!("listening on {}", listener.local_addr()?);
+    info!("listening on {scheme}://{}", listener.local_addr()?);
+    // Every field is set today; the update keeps settings added to Config
+    // later at their defaults until they get a flag.
+    #[allow(clippy::needless_update)]
     let config = Config {
         hub: HubConfig {
             name: args.name,
             channel_capacity: args.channel_capacity as usize,
         },
+        handshake_timeout: seconds(args.handshake_timeout),
+        tls,
+        tls_handshake_timeout: seconds(args.tls_handshake_timeout),
         max_connections: args.max_connections,
         max_connections_per_ip: args.max_connections_per_ip,
         policy: Policy {
