@@ -156,6 +156,8 @@ async fn the_global_cap_answers_503_fast_and_frees_slots() {
     let mut newcomer = ws_from_when_admitted(&server, source(9)).await;
     newcomer.send(Message::text("in")).await.unwrap();
     assert!(next_text(&mut newcomer).await.ends_with(": in"));
+    // Gone before shutdown, so it need not wait for their closing handshakes.
+    drop((inside, newcomer));
     server.shutdown().await;
 }
 
@@ -167,7 +169,7 @@ async fn the_per_address_cap_answers_429_fast_and_frees_slots() {
     })
     .await;
     let first = ws_from(&server, source(2)).await;
-    let _second = ws_from(&server, source(2)).await;
+    let second = ws_from(&server, source(2)).await;
     let (answer, took) = refused_from(&server, source(2)).await;
     assert!(
         answer.starts_with("HTTP/1.1 429 Too Many Requests\r\n"),
@@ -183,9 +185,10 @@ async fn the_per_address_cap_answers_429_fast_and_frees_slots() {
         assert!(answer.starts_with("HTTP/1.1 429 "), "{answer}");
     }
     // Other addresses are not affected.
-    let _other = ws_from(&server, source(3)).await;
+    let other = ws_from(&server, source(3)).await;
     leave(first).await;
     ws_from_when_admitted(&server, source(2)).await;
+    drop((second, other));
     server.shutdown().await;
 }
 
@@ -210,7 +213,7 @@ async fn a_real_client_gets_in_fast_past_500_slowloris_sockets() {
     // their handshake timeout), and the client works.
     client.send("hi").await;
     assert!(client.recv_text().await.ends_with(": hi"));
-    drop(stalled);
+    drop((stalled, client));
     server.shutdown().await;
 }
 
@@ -458,6 +461,7 @@ async fn the_token_is_required_and_never_logged() {
     assert!(read_answer(&mut plain).await.starts_with("HTTP/1.1 401 "));
     a.send(Message::text("hello")).await.unwrap();
     assert!(next_text(&mut a).await.ends_with(": hello"));
+    drop(a);
     server.shutdown().await;
 
     let logs = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();

@@ -177,6 +177,7 @@ async fn wss_works_and_plain_clients_are_told_to_use_it() {
     let mut c = wss(&pki, &server).await;
     c.send(Message::text("still here")).await.unwrap();
     assert!(next_text(&mut a).await.ends_with(": still here"));
+    drop((a, b, c));
     server.shutdown().await;
 }
 
