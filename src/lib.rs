@@ -4,20 +4,26 @@
 //! # Layout
 //! - [`protocol`]: what clients send and the events the server sends, with
 //!   their text and JSON encodings. Pure; no I/O.
+//! - [`admission`]: the connection caps (global and per source address)
+//!   checked at accept, before any byte is read.
 //! - [`handshake`]: reads and answers the HTTP request that opens a
 //!   connection, with a size cap; the WebSocket upgrade decision lives here.
 //! - [`hub`]: members, rooms and their broadcast channels. Synchronous; never
 //!   touches a socket.
 //! - [`session`]: one upgraded connection; the only server module that
 //!   speaks WebSocket.
+//! - [`tls`]: loading the certificate and key for `wss://`, and the TLS
+//!   handshake that comes before the HTTP upgrade.
 //! - [`server`]: the accept loop and orderly shutdown.
 //! - [`client`]: the terminal client's connection and line relay.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod admission;
 pub mod client;
 pub mod handshake;
 pub mod hub;
 pub mod protocol;
 pub mod server;
 pub mod session;
+pub mod tls;

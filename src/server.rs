@@ -10,15 +10,22 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::rustls::ServerConfig;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tokio_websockets::{Limits, ServerBuilder};
 use tracing::{debug, error, info, info_span, warn, Instrument as _};
 
-use crate::handshake::{self, HANDSHAKE_TIMEOUT};
+use crate::admission::{
+    Admission, RefusalLog, Refused, Ticket, DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_CONNECTIONS_PER_IP, REFUSAL_REPORT_INTERVAL,
+};
+use crate::handshake::{self, Policy, HANDSHAKE_TIMEOUT};
 use crate::hub::{Hub, HubConfig};
 use crate::session;
+use crate::tls::{self, TLS_HANDSHAKE_TIMEOUT};
 
 /// Largest chat message a client may send, in bytes (a single frame or all
 /// fragments of one message together). Bigger ones end the connection with
@@ -30,6 +37,9 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 const MIN_ACCEPT_BACKOFF: Duration = Duration::from_millis(5);
 /// Longest pause after repeated `accept` failures.
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
+/// How long writing the short answer to a refused connection may take; a
+/// peer that does not read it is simply dropped.
+const REFUSAL_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Settings of a server.
 #[derive(Debug, Clone)]
@@ -38,6 +48,20 @@ pub struct Config {
     pub hub: HubConfig,
     /// How long a client has to complete the HTTP upgrade.
     pub handshake_timeout: Duration,
+    /// Serve `wss://` with this TLS configuration (see [`tls::load`]);
+    /// `None` for plain `ws://`.
+    pub tls: Option<Arc<ServerConfig>>,
+    /// How long a client has to complete the TLS handshake, before the
+    /// HTTP upgrade's own [`Config::handshake_timeout`] starts.
+    pub tls_handshake_timeout: Duration,
+    /// Most connections open at once, handshakes included; 0 for no cap.
+    /// One more is answered `503 Service Unavailable`.
+    pub max_connections: usize,
+    /// Most connections open at once from one source address, handshakes
+    /// included; 0 for no cap. One more is answered `429 Too Many Requests`.
+    pub max_connections_per_ip: usize,
+    /// Which browser origins may connect and which token clients must show.
+    pub policy: Policy,
 }
 
 impl Default for Config {
@@ -45,6 +69,11 @@ impl Default for Config {
         Config {
             hub: HubConfig::default(),
             handshake_timeout: HANDSHAKE_TIMEOUT,
+            tls: None,
+            tls_handshake_timeout: TLS_HANDSHAKE_TIMEOUT,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
+            policy: Policy::default(),
         }
     }
 }
@@ -60,6 +89,10 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let hub = Hub::new(config.hub.clone());
+    let admission = Admission::new(config.max_connections, config.max_connections_per_ip);
+    let mut refusals = RefusalLog::default();
+    let mut report = tokio::time::interval(REFUSAL_REPORT_INTERVAL);
+    report.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let config = Arc::new(config);
     let stop = CancellationToken::new();
     let tasks = TaskTracker::new();
@@ -70,14 +103,34 @@ pub async fn run(
         let accepted = tokio::select! {
             () = &mut shutdown => break,
             accepted = listener.accept() => accepted,
+            _ = report.tick() => {
+                refusals.tick(std::time::Instant::now());
+                continue;
+            }
         };
         match accepted {
             Ok((stream, addr)) => {
                 backoff = MIN_ACCEPT_BACKOFF;
-                let span = info_span!("conn", %addr);
-                let conn =
-                    serve_connection(stream, addr, hub.clone(), config.clone(), stop.clone());
-                tasks.spawn(conn.instrument(span));
+                // Admission is decided here, synchronously, so the caps are
+                // exact however fast connections arrive.
+                match admission.admit(addr.ip()) {
+                    Ok(ticket) => {
+                        let span = info_span!("conn", %addr);
+                        let conn = serve_connection(
+                            stream,
+                            addr,
+                            ticket,
+                            hub.clone(),
+                            config.clone(),
+                            stop.clone(),
+                        );
+                        tasks.spawn(conn.instrument(span));
+                    }
+                    Err(why) => {
+                        refusals.refused(why, std::time::Instant::now());
+                        tasks.spawn(refuse(stream, why));
+                    }
+                }
             }
             Err(e) => {
                 // EMFILE and friends: wait for connections to free resources
@@ -109,10 +162,23 @@ pub async fn run(
     Ok(())
 }
 
-/// One connection from TCP accept to the end of its session.
+/// Answers a connection over a cap and closes it, reading none of its
+/// request: the answer does not depend on it, and reading would cost the
+/// very resources the cap protects.
+async fn refuse(mut stream: TcpStream, why: Refused) {
+    let _ = tokio::time::timeout(REFUSAL_WRITE_TIMEOUT, async {
+        stream.write_all(&why.response()).await?;
+        stream.shutdown().await
+    })
+    .await;
+}
+
+/// One connection from TCP accept to the end of its session. `ticket` holds
+/// its place inside the connection caps until the task ends.
 async fn serve_connection(
-    mut stream: TcpStream,
+    stream: TcpStream,
     addr: SocketAddr,
+    ticket: Ticket,
     hub: Hub,
     config: Arc<Config>,
     stop: CancellationToken,
@@ -122,9 +188,41 @@ async fn serve_connection(
     if let Err(e) = stream.set_nodelay(true) {
         debug!(error = %e, "could not set TCP_NODELAY");
     }
+    match &config.tls {
+        None => upgrade_and_serve(stream, addr, hub, &config, stop).await,
+        Some(tls_config) => {
+            let secured = tokio::select! {
+                () = stop.cancelled() => return,
+                secured = tokio::time::timeout(
+                    config.tls_handshake_timeout,
+                    tls::accept(stream, tls_config.clone()),
+                ) => secured,
+            };
+            match secured {
+                Ok(Ok(stream)) => upgrade_and_serve(stream, addr, hub, &config, stop).await,
+                Ok(Err(e)) => info!(error = %e, "TLS handshake failed"),
+                Err(_) => {
+                    info!(timeout = ?config.tls_handshake_timeout, "TLS handshake timed out");
+                }
+            }
+        }
+    }
+    drop(ticket);
+}
+
+/// The HTTP upgrade and then the session, over TCP or TLS alike.
+async fn upgrade_and_serve<S>(
+    mut stream: S,
+    addr: SocketAddr,
+    hub: Hub,
+    config: &Config,
+    stop: CancellationToken,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let accepted = tokio::select! {
         () = stop.cancelled() => return,
-        accepted = tokio::time::timeout(config.handshake_timeout, handshake::accept(&mut stream)) => accepted,
+        accepted = tokio::time::timeout(config.handshake_timeout, handshake::accept(&mut stream, &config.policy)) => accepted,
     };
     let accepted = match accepted {
         Ok(Ok(accepted)) => accepted,

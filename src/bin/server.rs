@@ -1,13 +1,18 @@
 //! `server`: the chat server. Arguments, logging, bind, then `server::run`.
 use std::io::IsTerminal as _;
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context as _;
+use chat::admission::{DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_IP};
+use chat::handshake::{Policy, Token, HANDSHAKE_TIMEOUT};
 use chat::hub::{
     HubConfig, DEFAULT_CHANNEL_CAPACITY, DEFAULT_HISTORY_DEPTH, DEFAULT_MAX_ROOMS,
     DEFAULT_PRESENCE_LIMIT,
 };
 use chat::server::{self, Config};
+use chat::tls::{self, TLS_HANDSHAKE_TIMEOUT};
 use clap::builder::TypedValueParser as _;
 use clap::Parser;
 use tokio::net::TcpListener;
@@ -38,6 +43,55 @@ struct Args {
     /// (0: always announce).
     #[arg(long, default_value_t = DEFAULT_PRESENCE_LIMIT)]
     presence_limit: usize,
+    /// Most connections open at once, handshakes included (0: no limit).
+    /// One more is answered 503 Service Unavailable.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_CONNECTIONS)]
+    max_connections: usize,
+    /// Most connections open at once from one IP address, handshakes
+    /// included (0: no limit). One more is answered 429 Too Many Requests.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_CONNECTIONS_PER_IP)]
+    max_connections_per_ip: usize,
+    /// A browser origin allowed to connect, such as
+    /// https://chat.example.com, or * for any; repeat for more. Without
+    /// this flag, only pages from the server's own host and port may
+    /// connect. Clients that send no Origin (non-browsers) are always
+    /// allowed. Others get 403.
+    #[arg(long = "allowed-origin", value_name = "ORIGIN")]
+    allowed_origins: Vec<String>,
+    /// A secret clients must show, as "Authorization: Bearer TOKEN" or as
+    /// ?token=TOKEN in the URL; others get 401. Prefer the environment
+    /// variable: command lines are visible to other users.
+    #[arg(
+        long,
+        env = "CHAT_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN",
+        value_parser = clap::builder::NonEmptyStringValueParser::new()
+    )]
+    token: Option<String>,
+    /// PEM certificate chain: serve wss:// instead of ws:// (needs
+    /// --tls-key).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Seconds a client has to complete the TLS handshake (0: no limit).
+    #[arg(long, value_name = "SECONDS", default_value_t = TLS_HANDSHAKE_TIMEOUT.as_secs())]
+    tls_handshake_timeout: u64,
+    /// Seconds a client has to send its HTTP upgrade request and get the
+    /// answer (0: no limit).
+    #[arg(long, value_name = "SECONDS", default_value_t = HANDSHAKE_TIMEOUT.as_secs())]
+    handshake_timeout: u64,
+}
+
+/// A timeout flag's value: 0 means no limit.
+fn seconds(secs: u64) -> Duration {
+    if secs == 0 {
+        Duration::MAX
+    } else {
+        Duration::from_secs(secs)
+    }
 }
 
 #[tokio::main]
@@ -58,10 +112,20 @@ async fn main() {
 }
 
 async fn serve(args: Args) -> anyhow::Result<()> {
+    // Before binding: a bad certificate should not leave a port open even
+    // for a moment.
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(tls::load(cert, key)?),
+        _ => None,
+    };
+    let scheme = if tls.is_some() { "wss" } else { "ws" };
     let listener = TcpListener::bind(args.addr)
         .await
         .with_context(|| format!("cannot listen on {}", args.addr))?;
-    info!("listening on {}", listener.local_addr()?);
+    info!("listening on {scheme}://{}", listener.local_addr()?);
+    // Every field is set today; the update keeps settings added to Config
+    // later at their defaults until they get a flag.
+    #[allow(clippy::needless_update)]
     let config = Config {
         hub: HubConfig {
             name: args.name,
@@ -69,6 +133,15 @@ async fn serve(args: Args) -> anyhow::Result<()> {
             history_depth: args.history,
             max_rooms: args.max_rooms,
             presence_limit: args.presence_limit,
+        },
+        handshake_timeout: seconds(args.handshake_timeout),
+        tls,
+        tls_handshake_timeout: seconds(args.tls_handshake_timeout),
+        max_connections: args.max_connections,
+        max_connections_per_ip: args.max_connections_per_ip,
+        policy: Policy {
+            allowed_origins: args.allowed_origins,
+            token: args.token.map(Token::new),
         },
         ..Config::default()
     };

@@ -5,4 +5,6 @@
 mod support;
 
 mod core;
+mod door;
 mod features;
+mod tls;

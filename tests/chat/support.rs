@@ -170,6 +170,28 @@ impl Client {
     }
 }
 
+/// The next text frame on any WebSocket stream (plain or TLS) that is not
+/// a presence notice.
+pub async fn next_text<S>(ws: &mut WebSocketStream<S>) -> String
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    for _ in 0..10_000 {
+        let msg = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("timed out waiting for a frame")
+            .expect("connection ended")
+            .expect("connection failed");
+        let text = msg
+            .as_text()
+            .unwrap_or_else(|| panic!("expected text, got {msg:?}"));
+        if !is_presence(text) {
+            return text.to_string();
+        }
+    }
+    panic!("only presence notices within 10,000 frames");
+}
+
 /// Whether a text-encoding line is a join, leave or nickname notice.
 pub fn is_presence(line: &str) -> bool {
     line.starts_with("* ")
