@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::{broadcast, mpsc};
 
-pub use crate::protocol::Encoded;
+pub use crate::outbox::Encoded;
 use crate::protocol::{
     now_millis, validate_nick, validate_text, ChatLine, Event, MemberInfo, RoomInfo, TextError,
     DEFAULT_HISTORY_REPLAY, DEFAULT_ROOM,
@@ -168,25 +168,22 @@ struct Member {
     direct: mpsc::Sender<Shared>,
 }
 
-/// A line kept in history, with which kind of event it was.
-#[derive(Debug)]
-struct Kept {
-    action: bool,
-    line: ChatLine,
+/// The chat line a kept event carries (history holds only messages and
+/// actions).
+fn chat_line(shared: &Shared) -> Option<&ChatLine> {
+    match shared.event() {
+        Event::Message(line) | Event::Action(line) => Some(line),
+        _ => None,
+    }
 }
 
-impl Kept {
-    fn event(&self, history: bool) -> Event {
-        let line = ChatLine {
-            history,
-            ..self.line.clone()
-        };
-        if self.action {
-            Event::Action(line)
-        } else {
-            Event::Message(line)
-        }
+/// A kept line as it is replayed: the same event, marked as history.
+fn replayed(shared: &Shared) -> Event {
+    let mut event = shared.event().clone();
+    if let Event::Message(line) | Event::Action(line) = &mut event {
+        line.history = true;
     }
+    event
 }
 
 struct Room {
@@ -197,8 +194,9 @@ struct Room {
     members: BTreeSet<MemberId>,
     /// Sequence number of the last line published here (0: none yet).
     last_seq: u64,
-    /// The most recent lines, oldest first.
-    history: VecDeque<Arc<Kept>>,
+    /// The most recent lines, oldest first: the very events that were
+    /// broadcast, so history and live delivery cannot disagree.
+    history: VecDeque<Shared>,
 }
 
 impl Room {
@@ -212,10 +210,12 @@ impl Room {
     }
 
     /// Sends to everyone in the room (nobody listening is fine).
-    fn send(&self, event: &Event) {
+    fn send(&self, event: Event) -> Shared {
+        let shared = Arc::new(Encoded::new(event));
         if let Some(tx) = &self.tx {
-            let _ = tx.send(Arc::new(event.encode()));
+            let _ = tx.send(shared.clone());
         }
+        shared
     }
 
     fn subscribe(&mut self, capacity: usize) -> broadcast::Receiver<Shared> {
@@ -230,7 +230,7 @@ impl Room {
     }
 
     /// The last `n` kept lines, oldest first.
-    fn recent(&self, n: usize) -> Vec<Arc<Kept>> {
+    fn recent(&self, n: usize) -> Vec<Shared> {
         let skip = self.history.len().saturating_sub(n);
         self.history.iter().skip(skip).cloned().collect()
     }
@@ -250,7 +250,7 @@ pub struct Joined {
 /// Lines replayed from a room's history, oldest first.
 pub struct History {
     room: String,
-    lines: Vec<Arc<Kept>>,
+    lines: Vec<Shared>,
 }
 
 impl History {
@@ -274,7 +274,7 @@ impl History {
 
     /// The lines as events, marked as history.
     pub fn events(&self) -> impl Iterator<Item = Event> + '_ {
-        self.lines.iter().map(|kept| kept.event(true))
+        self.lines.iter().map(replayed)
     }
 }
 
@@ -382,7 +382,7 @@ impl Hub {
             lines: room.recent(DEFAULT_HISTORY_REPLAY),
         };
         if self.announces_presence(room) {
-            room.send(&Event::Joined {
+            room.send(Event::Joined {
                 room: room_name.to_string(),
                 addr,
                 nick,
@@ -413,7 +413,7 @@ impl Hub {
         };
         // Counted with the leaver still in, like the join was.
         if self.announces_presence(room) {
-            room.send(&Event::Left {
+            room.send(Event::Left {
                 room: room_name.clone(),
                 addr,
                 nick,
@@ -479,7 +479,7 @@ impl Hub {
         }
         state.nicks.insert(key, id);
         if let Some(room) = state.rooms.get(&room) {
-            room.send(&Event::Nick {
+            room.send(Event::Nick {
                 addr,
                 old,
                 new: nick.to_string(),
@@ -510,24 +510,25 @@ impl Hub {
             return Ok(());
         };
         room.last_seq += 1;
-        let kept = Kept {
-            action,
-            line: ChatLine {
-                room: member.room.clone(),
-                seq: room.last_seq,
-                ts: now_millis(),
-                from: member.addr,
-                nick: member.nick.clone(),
-                text: text.to_string(),
-                history: false,
-            },
+        let line = ChatLine {
+            room: member.room.clone(),
+            seq: room.last_seq,
+            ts: now_millis(),
+            from: member.addr,
+            nick: member.nick.clone(),
+            text: text.to_string(),
+            history: false,
         };
-        room.send(&kept.event(false));
+        let shared = room.send(if action {
+            Event::Action(line)
+        } else {
+            Event::Message(line)
+        });
         if depth > 0 {
             if room.history.len() >= depth {
                 room.history.pop_front();
             }
-            room.history.push_back(Arc::new(kept));
+            room.history.push_back(shared);
         }
         Ok(())
     }
@@ -562,7 +563,7 @@ impl Hub {
         if recipient.addr != sender.addr {
             recipient
                 .direct
-                .try_send(Arc::new(event.encode()))
+                .try_send(Arc::new(Encoded::new(event.clone())))
                 .map_err(|_| HubError::RecipientBusy(to.to_string()))?;
         }
         Ok(event)
@@ -635,11 +636,11 @@ impl Hub {
         let room = state.rooms.get(&room_name);
         let restarted = epoch != self.inner.epoch;
         let last_seq = room.map_or(0, |r| r.last_seq);
-        let lines: Vec<Arc<Kept>> = match room {
+        let lines: Vec<Shared> = match room {
             Some(r) if !restarted => r
                 .history
                 .iter()
-                .filter(|k| k.line.seq > seq)
+                .filter(|k| chat_line(k).is_some_and(|line| line.seq > seq))
                 .cloned()
                 .collect(),
             _ => Vec::new(),
@@ -697,7 +698,7 @@ mod tests {
     }
 
     fn text(shared: &Shared) -> String {
-        String::from_utf8(shared.text.to_vec()).unwrap()
+        String::from_utf8(shared.payload(crate::protocol::Encoding::Text).to_vec()).unwrap()
     }
 
     /// Drains a receiver into text lines.

@@ -10,8 +10,10 @@
 //!   connection, with a size cap; the WebSocket upgrade decision lives here.
 //! - [`hub`]: members, rooms and their broadcast channels. Synchronous; never
 //!   touches a socket.
-//! - [`session`]: one upgraded connection; the only server module that
-//!   speaks WebSocket.
+//! - [`outbox`]: outgoing frames, framed once per event and written to a
+//!   connection in vectored batches.
+//! - [`session`]: one upgraded connection; with `outbox`, the only server
+//!   code that speaks WebSocket.
 //! - [`tls`]: loading the certificate and key for `wss://`, and the TLS
 //!   handshake that comes before the HTTP upgrade.
 //! - [`server`]: the accept loop and orderly shutdown.
@@ -23,6 +25,7 @@ pub mod admission;
 pub mod client;
 pub mod handshake;
 pub mod hub;
+pub mod outbox;
 pub mod protocol;
 pub mod server;
 pub mod session;

@@ -7,14 +7,13 @@
 //! The server sends [`Event`]s, encoded either as a human-readable text line
 //! (the default, what a raw WebSocket client such as websocat sees) or as a
 //! JSON object, chosen by the client with the [`JSON_SUBPROTOCOL`] WebSocket
-//! subprotocol. Each event is encoded once per encoding ([`Encoded`]) and the
-//! same bytes are shared by every recipient.
+//! subprotocol. A room event is encoded once per encoding and the same bytes
+//! are shared by every recipient (see `outbox::Encoded`).
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
 use serde::Serialize;
 
 /// Subprotocol a client offers to receive events as JSON objects.
@@ -581,34 +580,6 @@ impl Event {
         match encoding {
             Encoding::Text => self.to_text(),
             Encoding::Json => self.to_json(),
-        }
-    }
-
-    /// Both encodings, built once and then shared by every recipient.
-    pub fn encode(&self) -> Encoded {
-        Encoded {
-            text: Bytes::from(self.to_text()),
-            json: Bytes::from(self.to_json()),
-        }
-    }
-}
-
-/// An event already encoded in both forms. Cloning the [`Bytes`] shares the
-/// buffer, so a broadcast costs no copy per recipient.
-#[derive(Debug, Clone)]
-pub struct Encoded {
-    /// The text-encoding line (UTF-8).
-    pub text: Bytes,
-    /// The JSON-encoding object (UTF-8).
-    pub json: Bytes,
-}
-
-impl Encoded {
-    /// The bytes for one encoding.
-    pub fn get(&self, encoding: Encoding) -> &Bytes {
-        match encoding {
-            Encoding::Text => &self.text,
-            Encoding::Json => &self.json,
         }
     }
 }

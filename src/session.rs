@@ -132,7 +132,7 @@ where
                     Ok(())
                 }
                 Some(shared) = self.direct.recv() => {
-                    self.pending.push_back(self.frame(shared.get(self.encoding)));
+                    self.pending.push_back(self.frame(&shared.payload(self.encoding)));
                     Ok(())
                 }
             };
@@ -239,7 +239,7 @@ where
             match self.rx.try_recv() {
                 Ok(shared) => self
                     .pending
-                    .push_back(self.frame(shared.get(self.encoding))),
+                    .push_back(self.frame(&shared.payload(self.encoding))),
                 Err(TryRecvError::Lagged(count)) => self.reply(&Event::Skipped { count }),
                 Err(TryRecvError::Empty | TryRecvError::Closed) => break,
             }
@@ -263,7 +263,7 @@ where
         match received {
             Ok(shared) => self
                 .pending
-                .push_back(self.frame(shared.get(self.encoding))),
+                .push_back(self.frame(&shared.payload(self.encoding))),
             Err(RecvError::Lagged(count)) => self.reply(&Event::Skipped { count }),
             // The hub never drops a room that has members.
             Err(RecvError::Closed) => {}
@@ -293,12 +293,12 @@ where
             self.ws.feed(msg).await?;
         }
         while let Ok(shared) = self.direct.try_recv() {
-            let msg = self.frame(shared.get(self.encoding));
+            let msg = self.frame(&shared.payload(self.encoding));
             self.ws.feed(msg).await?;
         }
         for _ in 0..MAX_BATCH {
             let msg = match self.rx.try_recv() {
-                Ok(shared) => self.frame(shared.get(self.encoding)),
+                Ok(shared) => self.frame(&shared.payload(self.encoding)),
                 Err(TryRecvError::Lagged(count)) => self.event_frame(&Event::Skipped { count }),
                 Err(TryRecvError::Empty | TryRecvError::Closed) => break,
             };

@@ -1,0 +1,251 @@
+//! Outgoing WebSocket frames, built once and written in batches.
+//!
+//! A frame from server to client is never masked, so the bytes of a text
+//! frame — header and payload — are the same for every recipient. An event
+//! published to a room is therefore framed once ([`Encoded`], lazily per
+//! encoding) and every session writes that same `Bytes`; the per-recipient
+//! cost is a reference count and an `IoSlice`.
+//!
+//! [`Outbox`] queues such frames for one connection and writes as many as
+//! possible with each vectored write, so a busy connection gets hundreds of
+//! frames per `writev`. It writes to the raw stream underneath
+//! tokio-websockets, which is only sound while that library has nothing of
+//! its own half-written: the session flushes the library before it writes
+//! the outbox, and finishes the outbox before it hands the library anything
+//! (see `session.rs`).
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::sync::OnceLock;
+use std::task::{Context, Poll};
+
+use bytes::{BufMut as _, Bytes, BytesMut};
+use tokio::io::AsyncWrite;
+
+use crate::protocol::{Encoding, Event};
+
+/// Most frames handed to one vectored write (Linux allows 1024 iovecs).
+const MAX_IOVECS: usize = 512;
+/// An empty queue keeps at most this much capacity, so a burst does not pin
+/// memory to an idle connection.
+const IDLE_QUEUE_CAPACITY: usize = 16;
+
+/// An unmasked, final text frame carrying `payload` (RFC 6455, 5.2).
+pub fn text_frame(payload: &[u8]) -> Bytes {
+    let len = payload.len();
+    let mut frame = BytesMut::with_capacity(len + 10);
+    frame.put_u8(0x81); // FIN + opcode 1 (text)
+    if len < 126 {
+        frame.put_u8(len as u8);
+    } else if let Ok(len) = u16::try_from(len) {
+        frame.put_u8(126);
+        frame.put_u16(len);
+    } else {
+        frame.put_u8(127);
+        frame.put_u64(len as u64);
+    }
+    frame.put_slice(payload);
+    frame.freeze()
+}
+
+/// An event, framed once per encoding on first use and then shared by
+/// every recipient.
+///
+/// Framing lazily means an encoding nobody in the room uses costs nothing,
+/// and the work happens in the first session that needs it rather than
+/// under the hub's lock.
+#[derive(Debug)]
+pub struct Encoded {
+    event: Event,
+    text: OnceLock<Bytes>,
+    json: OnceLock<Bytes>,
+}
+
+impl Encoded {
+    /// Wraps an event; nothing is encoded yet.
+    pub fn new(event: Event) -> Self {
+        Encoded {
+            event,
+            text: OnceLock::new(),
+            json: OnceLock::new(),
+        }
+    }
+
+    /// The event itself.
+    pub fn event(&self) -> &Event {
+        &self.event
+    }
+
+    /// The complete WebSocket frame for one encoding.
+    pub fn frame(&self, encoding: Encoding) -> &Bytes {
+        let cell = match encoding {
+            Encoding::Text => &self.text,
+            Encoding::Json => &self.json,
+        };
+        cell.get_or_init(|| text_frame(self.event.to_encoding(encoding).as_bytes()))
+    }
+
+    /// Just the payload (the encoded event) for one encoding.
+    pub fn payload(&self, encoding: Encoding) -> Bytes {
+        let frame = self.frame(encoding);
+        // The second byte says which length form the header uses.
+        let start = match frame[1] {
+            126 => 4,
+            127 => 10,
+            _ => 2,
+        };
+        frame.slice(start..)
+    }
+}
+
+/// Frames waiting to be written to one connection.
+#[derive(Debug, Default)]
+pub struct Outbox {
+    queue: VecDeque<Bytes>,
+    /// Bytes of the front frame already written.
+    written: usize,
+    /// Bytes queued and not yet written.
+    pending: usize,
+}
+
+impl Outbox {
+    /// An empty outbox.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Queues one complete frame.
+    pub fn push(&mut self, frame: Bytes) {
+        self.pending += frame.len();
+        self.queue.push_back(frame);
+    }
+
+    /// Whether nothing waits to be written.
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// How many bytes wait to be written.
+    pub fn pending_bytes(&self) -> usize {
+        self.pending
+    }
+
+    /// Whether a frame has been partly written: the stream must not get
+    /// anything else until it is finished.
+    pub fn mid_frame(&self) -> bool {
+        self.written > 0
+    }
+
+    /// Writes everything queued, as few vectored writes as the socket
+    /// allows.
+    pub async fn flush<W: AsyncWrite + Unpin>(&mut self, io: &mut W) -> io::Result<()> {
+        std::future::poll_fn(|cx| self.poll_flush(cx, Pin::new(&mut *io))).await
+    }
+
+    fn poll_flush<W: AsyncWrite>(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut io: Pin<&mut W>,
+    ) -> Poll<io::Result<()>> {
+        while !self.queue.is_empty() {
+            let n = {
+                // The slices live only inside this poll, not in the
+                // future's state, so they cost no memory per connection.
+                let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+                let mut count = 0;
+                for (i, frame) in self.queue.iter().take(MAX_IOVECS).enumerate() {
+                    let skip = if i == 0 { self.written } else { 0 };
+                    slices[i] = IoSlice::new(&frame[skip..]);
+                    count += 1;
+                }
+                match io.as_mut().poll_write_vectored(cx, &slices[..count]) {
+                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                    Poll::Ready(Ok(n)) => n,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => return Poll::Pending,
+                }
+            };
+            self.advance(n);
+        }
+        if self.queue.capacity() > IDLE_QUEUE_CAPACITY {
+            self.queue.shrink_to(IDLE_QUEUE_CAPACITY);
+        }
+        io.poll_flush(cx)
+    }
+
+    /// Drops `n` written bytes from the front of the queue.
+    fn advance(&mut self, mut n: usize) {
+        self.pending -= n;
+        while n > 0 {
+            let Some(front) = self.queue.front() else {
+                break;
+            };
+            let left = front.len() - self.written;
+            if n >= left {
+                n -= left;
+                self.written = 0;
+                self.queue.pop_front();
+            } else {
+                self.written += n;
+                n = 0;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt as _;
+
+    #[test]
+    fn frames_have_the_right_header_for_each_length_class() {
+        for (len, header) in [
+            (0, vec![0x81, 0]),
+            (125, vec![0x81, 125]),
+            (126, vec![0x81, 126, 0, 126]),
+            (65535, vec![0x81, 126, 0xFF, 0xFF]),
+            (65536, vec![0x81, 127, 0, 0, 0, 0, 0, 1, 0, 0]),
+        ] {
+            let payload = vec![b'x'; len];
+            let frame = text_frame(&payload);
+            assert_eq!(&frame[..header.len()], &header[..], "len {len}");
+            assert_eq!(frame.len(), header.len() + len);
+        }
+    }
+
+    #[test]
+    fn encoded_payload_strips_exactly_the_header() {
+        for len in [0, 1, 125, 126, 200, 70_000] {
+            let text = "y".repeat(len);
+            let enc = Encoded::new(Event::Info { text: text.clone() });
+            let payload = enc.payload(Encoding::Text);
+            assert_eq!(payload, format!("* {text}").into_bytes());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_flush_writes_every_frame_in_order_through_a_small_pipe() {
+        // A pipe far smaller than the queue forces partial writes.
+        let (mut tx, mut rx) = tokio::io::duplex(7);
+        let mut outbox = Outbox::new();
+        let mut expected = Vec::new();
+        for i in 0..1500 {
+            let frame = text_frame(format!("message {i}").as_bytes());
+            expected.extend_from_slice(&frame);
+            outbox.push(frame);
+        }
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            rx.read_to_end(&mut got).await.unwrap();
+            got
+        });
+        outbox.flush(&mut tx).await.unwrap();
+        assert!(outbox.is_empty());
+        assert_eq!(outbox.pending_bytes(), 0);
+        assert!(!outbox.mid_frame());
+        drop(tx);
+        assert_eq!(reader.await.unwrap(), expected);
+    }
+}
