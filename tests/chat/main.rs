@@ -4,5 +4,6 @@
 
 mod support;
 
+mod client;
 mod core;
 mod features;
