@@ -11,7 +11,8 @@
 //! - [`session`]: one upgraded connection; the only server module that
 //!   speaks WebSocket.
 //! - [`server`]: the accept loop and orderly shutdown.
-//! - [`client`]: the terminal client's connection and line relay.
+//! - [`client`]: the terminal client: connection, reconnect and resume,
+//!   rendering, and the interactive front end.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 

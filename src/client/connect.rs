@@ -5,7 +5,7 @@
 //! back an open socket or a sentence saying why there is none.
 
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -133,9 +133,6 @@ fn tls_connector(ca: Option<&Path>) -> anyhow::Result<tokio_rustls::TlsConnector
         .with_no_client_auth();
     Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
 }
-
-/// Where `--ca` pointed, kept for messages.
-pub type CaFile = Option<PathBuf>;
 
 /// A short human explanation of a connection error.
 fn explain(e: &tokio_websockets::Error) -> String {

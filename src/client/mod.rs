@@ -119,8 +119,6 @@ pub(crate) trait Screen {
     async fn unknown(&mut self, raw: &str) -> io::Result<()>;
     /// Shows a notice of the client's own (connection lost, reconnected).
     async fn notice(&mut self, level: Level, text: &str) -> io::Result<()>;
-    /// Tells the screen who and where we are now (for a prompt).
-    fn whereabouts(&mut self, _nick: Option<&str>, _room: &str) {}
 }
 
 /// Plain lines on an `AsyncWrite`: the piped client, and tests.
@@ -314,13 +312,7 @@ async fn retry<S: Source, O: Screen>(
                 if !told {
                     told = true;
                     screen
-                        .notice(
-                            Level::Warn,
-                            &format!(
-                                "{e:#}; still trying (every {} s at most)",
-                                backoff.max.as_secs_f64()
-                            ),
-                        )
+                        .notice(Level::Warn, &format!("{e:#}; will keep trying"))
                         .await?;
                 }
             }
@@ -436,7 +428,6 @@ async fn session<S: Source, O: Screen>(
             reconnected = true;
         }
     }
-    screen.whereabouts(tracker.nick(), tracker.room());
     let queued = outbox.lines.len();
     for line in commands {
         if let Err(e) = ws.send(Message::text(line)).await {
@@ -527,7 +518,6 @@ async fn show<O: Screen>(raw: &str, screen: &mut O, tracker: &mut Tracker) -> io
     for shown in tracker.accept(incoming) {
         screen.event(&shown, tracker.me()).await?;
     }
-    screen.whereabouts(tracker.nick(), tracker.room());
     Ok(())
 }
 

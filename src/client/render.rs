@@ -76,11 +76,6 @@ pub fn json_event(raw: &str) -> String {
     sanitize_json(raw).into_owned()
 }
 
-/// A prompt, made safe to print.
-pub fn sanitize_prompt(prompt: &str) -> String {
-    sanitize(prompt).into_owned()
-}
-
 /// A client notice as a plain line.
 pub fn plain_notice(text: &str) -> String {
     format!("~ {}", sanitize(text))
@@ -193,12 +188,14 @@ pub fn rich_event(event: &Event, me: Option<SocketAddr>) -> Line {
     line
 }
 
-/// The sender of a chat line: bold in their colour; our own name in
-/// reverse video, so our lines stand out when scrolling back.
+/// The sender of a chat line: bold in their colour; our own name black on
+/// our colour, so our lines stand out when scrolling back.
 fn sender(line: &mut Line, chat: &ChatLine, me: Option<SocketAddr>) {
     let color = sender_color(chat.nick.as_deref(), chat.from);
     let style = if Some(chat.from) == me {
-        fg(color).bold().invert()
+        fg(AnsiColor::Black)
+            .bg_color(Some(Color::Ansi(color)))
+            .bold()
     } else {
         fg(color).bold()
     };

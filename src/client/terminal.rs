@@ -9,7 +9,8 @@
 
 use std::io::IsTerminal as _;
 use std::net::SocketAddr;
-use std::sync::{mpsc as std_mpsc, Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc as std_mpsc, Arc};
 use std::thread;
 
 use anyhow::Context as _;
@@ -20,6 +21,8 @@ use super::render::{self, Level};
 use super::state::Incoming;
 use super::{drive, Config, Screen};
 
+/// What the editor shows before the line being typed.
+const PROMPT: &str = "> ";
 /// Lines of input history kept for the arrow keys.
 const INPUT_HISTORY: usize = 1000;
 
@@ -39,7 +42,6 @@ struct Term {
     print: std_mpsc::Sender<String>,
     color: bool,
     json: bool,
-    prompt: Arc<Mutex<String>>,
 }
 
 impl Term {
@@ -80,19 +82,6 @@ impl Screen for Term {
         let line = self.styled(&render::rich_notice(level, text));
         self.put(line)
     }
-
-    fn whereabouts(&mut self, nick: Option<&str>, room: &str) {
-        let prompt = match nick {
-            Some(nick) => format!("{room} {nick}> "),
-            None => format!("{room}> "),
-        };
-        // Sanitised although the server validates both: the prompt is
-        // printed raw by the editor.
-        let prompt = render::sanitize_prompt(&prompt);
-        if let Ok(mut p) = self.prompt.lock() {
-            *p = prompt;
-        }
-    }
 }
 
 /// Runs the client interactively on this process's terminal. Ends like
@@ -114,16 +103,15 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
     let mut printer = editor
         .create_external_printer()
         .context("cannot set up the terminal printer")?;
-    let prompt = Arc::new(Mutex::new(String::from("> ")));
 
     let (line_tx, mut lines) = tokio::sync::mpsc::unbounded_channel::<String>();
-    let editor_prompt = prompt.clone();
-    let reading = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let reading = Arc::new(AtomicBool::new(true));
     let still_reading = reading.clone();
     thread::spawn(move || {
         loop {
-            let p = editor_prompt.lock().map(|p| p.clone()).unwrap_or_default();
-            match editor.readline(&p) {
+            // A fixed prompt: rustyline cannot change it during a read, and
+            // one showing the room would be stale right after a /join.
+            match editor.readline(PROMPT) {
                 Ok(line) => {
                     if line_tx.send(line).is_err() {
                         break;
@@ -135,7 +123,7 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
                 Err(_) => break,
             }
         }
-        still_reading.store(false, std::sync::atomic::Ordering::SeqCst);
+        still_reading.store(false, Ordering::SeqCst);
     });
 
     let (print_tx, print_rx) = std_mpsc::channel::<String>();
@@ -151,13 +139,12 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
         print: print_tx,
         color: use_color(),
         json: config.json,
-        prompt,
     };
     let result = drive(config, &mut lines, &mut screen).await;
     drop(screen);
     // Everything queued is on the screen before we return.
     let _ = printing.join();
-    if reading.load(std::sync::atomic::Ordering::SeqCst) {
+    if reading.load(Ordering::SeqCst) {
         if let Some(saved) = saved {
             let _ = nix::sys::termios::tcsetattr(
                 std::io::stdin(),
