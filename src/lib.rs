@@ -17,7 +17,8 @@
 //! - [`tls`]: loading the certificate and key for `wss://`, and the TLS
 //!   handshake that comes before the HTTP upgrade.
 //! - [`server`]: the accept loop and orderly shutdown.
-//! - [`client`]: the terminal client's connection and line relay.
+//! - [`client`]: the terminal client: connection, reconnect and resume,
+//!   rendering, and the interactive front end.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 

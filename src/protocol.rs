@@ -14,7 +14,7 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Subprotocol a client offers to receive events as JSON objects.
 pub const JSON_SUBPROTOCOL: &str = "chat.v1.json";
@@ -267,7 +267,7 @@ pub fn now_millis() -> u64 {
 
 /// One line of a room's conversation: a message or an action. Kept in the
 /// room's history and replayed as it was, with the same sequence number.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ChatLine {
     /// The room it was sent to.
     pub room: String,
@@ -282,12 +282,12 @@ pub struct ChatLine {
     /// The message text.
     pub text: String,
     /// Set on lines replayed from history; absent on live ones.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub history: bool,
 }
 
 /// A member as listed by `/who`.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct MemberInfo {
     /// Their nickname, if set.
     pub nick: Option<String>,
@@ -296,7 +296,7 @@ pub struct MemberInfo {
 }
 
 /// A room as listed by `/rooms`.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct RoomInfo {
     /// The room's name, `#` included.
     pub name: String,
@@ -307,8 +307,9 @@ pub struct RoomInfo {
 /// Something the server tells a client.
 ///
 /// The JSON encoding is this enum serialised with serde, tagged by `type`;
-/// the text encoding is [`Event::to_text`].
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+/// the text encoding is [`Event::to_text`]. Clients parse the JSON encoding
+/// back into it (`Deserialize`), so the client renders the same model.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Event {
     /// Sent once, first, on every new connection.

@@ -4,6 +4,7 @@
 
 mod support;
 
+mod client;
 mod core;
 mod door;
 mod features;

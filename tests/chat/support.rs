@@ -101,7 +101,10 @@ impl Client {
             .await
             .expect("connect timed out")
             .expect("connect failed");
-        let MaybeTlsStream::Plain(tcp) = ws.get_ref();
+        // The client also speaks TLS (wss://), but these tests do not.
+        let MaybeTlsStream::Plain(tcp) = ws.get_ref() else {
+            panic!("test clients connect without TLS");
+        };
         let addr = tcp.local_addr().unwrap();
         (Client { ws, addr }, response)
     }

@@ -1,0 +1,580 @@
+//! The terminal client: connects to a server, sends each input line as a
+//! text frame, and shows each incoming event; when an established
+//! connection drops it reconnects, restores its nickname and room, and shows
+//! exactly what it missed.
+//!
+//! The client speaks the JSON encoding to the server so it knows sequence
+//! numbers, senders and kinds of events; it renders lines itself. Modules:
+//! - [`connect`]: one connection (URL, TLS, subprotocol, errors as sentences);
+//! - [`state`]: who and where we are, and which events are news;
+//! - [`sanitize`]: makes peer-controlled text safe for a terminal;
+//! - [`render`]: plain and styled lines;
+//! - [`terminal`]: the interactive front end (line editor, printer);
+//! - this module: the engine that ties them together, driven by any line
+//!   source and any screen, so tests run the same code as the binary.
+
+pub mod connect;
+pub mod render;
+pub mod sanitize;
+pub mod state;
+pub mod terminal;
+
+use std::collections::VecDeque;
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context as _};
+use futures_util::{SinkExt as _, StreamExt as _};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt as _, AsyncWrite, AsyncWriteExt as _};
+use tokio_websockets::{CloseCode, Message};
+
+use crate::protocol::{parse_input, Event, Input};
+use connect::{Connector, Socket, CONNECT_TIMEOUT};
+use render::Level;
+use state::{Incoming, Tracker, Welcomed};
+
+/// The server address used when none is given.
+pub const DEFAULT_URL: &str = "ws://127.0.0.1:2000";
+/// How long to wait for the server's answer to our Close.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest message accepted from the server, so that a hostile server
+/// cannot make the client allocate without bound.
+pub const MAX_INCOMING_BYTES: usize = 64 * 1024;
+/// First pause before reconnecting; doubles up to [`MAX_BACKOFF`].
+pub const MIN_BACKOFF: Duration = Duration::from_millis(500);
+/// Longest pause between reconnection attempts.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// Lines typed while disconnected that are kept to send later.
+pub const MAX_QUEUED_LINES: usize = 100;
+
+/// Settings of the client.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The server's URL, `ws://HOST:PORT` or `wss://HOST:PORT`.
+    pub url: String,
+    /// Print events as the server's JSON lines instead of text lines.
+    pub json: bool,
+    /// Nickname to ask for on connecting.
+    pub nick: Option<String>,
+    /// Room to join on connecting.
+    pub room: Option<String>,
+    /// Reconnect when an established connection drops.
+    pub reconnect: bool,
+    /// Keep trying when the first connection fails, instead of giving up.
+    pub wait_for_server: bool,
+    /// Extra trusted CA certificates (PEM) for `wss://`.
+    pub ca: Option<PathBuf>,
+    /// Largest incoming message, in bytes.
+    pub max_incoming: usize,
+    /// First pause before reconnecting.
+    pub min_backoff: Duration,
+    /// Longest pause between reconnection attempts.
+    pub max_backoff: Duration,
+}
+
+impl Config {
+    /// Defaults for a server at `url`: no reconnecting (as suits a pipe).
+    pub fn new(url: impl Into<String>) -> Self {
+        Config {
+            url: url.into(),
+            json: false,
+            nick: None,
+            room: None,
+            reconnect: false,
+            wait_for_server: false,
+            ca: None,
+            max_incoming: MAX_INCOMING_BYTES,
+            min_backoff: MIN_BACKOFF,
+            max_backoff: MAX_BACKOFF,
+        }
+    }
+}
+
+/// Where typed lines come from. `next_line` must be cancel-safe: the engine
+/// races it against the socket.
+pub(crate) trait Source {
+    /// The next line, or `None` at the end of input.
+    async fn next_line(&mut self) -> io::Result<Option<String>>;
+}
+
+impl<R: AsyncBufRead + Unpin> Source for tokio::io::Lines<R> {
+    async fn next_line(&mut self) -> io::Result<Option<String>> {
+        tokio::io::Lines::next_line(self).await
+    }
+}
+
+impl Source for tokio::sync::mpsc::UnboundedReceiver<String> {
+    async fn next_line(&mut self) -> io::Result<Option<String>> {
+        Ok(self.recv().await)
+    }
+}
+
+/// Where events and notices go.
+pub(crate) trait Screen {
+    /// Shows an event; `me` is our own address, to set our lines apart.
+    async fn event(&mut self, incoming: &Incoming, me: Option<SocketAddr>) -> io::Result<()>;
+    /// Shows something the server sent that this client does not know.
+    async fn unknown(&mut self, raw: &str) -> io::Result<()>;
+    /// Shows a notice of the client's own (connection lost, reconnected).
+    async fn notice(&mut self, level: Level, text: &str) -> io::Result<()>;
+}
+
+/// Plain lines on an `AsyncWrite`: the piped client, and tests.
+struct Plain<W> {
+    out: W,
+    json: bool,
+}
+
+impl<W: AsyncWrite + Unpin> Plain<W> {
+    async fn line(&mut self, line: &str) -> io::Result<()> {
+        self.out.write_all(line.as_bytes()).await?;
+        self.out.write_all(b"\n").await?;
+        self.out.flush().await
+    }
+}
+
+impl<W: AsyncWrite + Unpin> Screen for Plain<W> {
+    async fn event(&mut self, incoming: &Incoming, _me: Option<SocketAddr>) -> io::Result<()> {
+        let line = if self.json {
+            render::json_event(&incoming.raw)
+        } else {
+            render::plain_event(&incoming.event)
+        };
+        self.line(&line).await
+    }
+
+    async fn unknown(&mut self, raw: &str) -> io::Result<()> {
+        let line = if self.json {
+            render::json_event(raw)
+        } else {
+            render::plain_notice(&format!("unrecognised event: {raw}"))
+        };
+        self.line(&line).await
+    }
+
+    async fn notice(&mut self, _level: Level, text: &str) -> io::Result<()> {
+        self.line(&render::plain_notice(text)).await
+    }
+}
+
+/// Runs the client on plain lines: sends each `input` line, prints each
+/// event as a line on `output` (client notices too, starting with `~ `).
+/// Ends cleanly (`Ok`) when the input ends or the user quits, and with an
+/// error that is a sentence for people when the connection cannot go on.
+pub async fn run<R, W>(config: &Config, input: R, output: W) -> anyhow::Result<()>
+where
+    R: AsyncBufRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut screen = Plain {
+        out: output,
+        json: config.json,
+    };
+    drive(config, &mut input.lines(), &mut screen).await
+}
+
+/// How a connection ended.
+enum Ended {
+    /// The user is done (end of input, `/quit`, server's normal close).
+    Clean,
+    /// The connection dropped; reconnecting may help.
+    Lost(anyhow::Error),
+}
+
+/// Lines the user typed that have not reached the server yet.
+#[derive(Default)]
+struct Outbox {
+    lines: VecDeque<String>,
+}
+
+/// The engine: connect, run the connection, reconnect if asked to.
+pub(crate) async fn drive<S: Source, O: Screen>(
+    config: &Config,
+    input: &mut S,
+    screen: &mut O,
+) -> anyhow::Result<()> {
+    let connector = Connector::new(&config.url, config.ca.as_deref(), config.max_incoming)?;
+    let mut tracker = Tracker::new();
+    let mut outbox = Outbox::default();
+    for (cmd, arg) in [("/nick", &config.nick), ("/join", &config.room)] {
+        if let Some(arg) = arg {
+            outbox.lines.push_back(format!("{cmd} {arg}"));
+        }
+    }
+    let mut backoff = Backoff::new(config);
+    let mut first = true;
+    loop {
+        let ws = if first && !config.wait_for_server {
+            connector.connect().await?
+        } else {
+            // Reconnecting: wait first (but not before the very first try).
+            let wait = if first { None } else { Some(backoff.next()) };
+            match retry(&connector, &mut backoff, wait, input, screen, &mut outbox).await? {
+                Some(ws) => ws,
+                None => return Ok(()),
+            }
+        };
+        first = false;
+        match session(&connector, ws, input, screen, &mut tracker, &mut outbox).await? {
+            Ended::Clean => return Ok(()),
+            Ended::Lost(e) if config.reconnect && tracker.established() => {
+                backoff.reset();
+                screen
+                    .notice(Level::Warn, &format!("{e:#}; reconnecting"))
+                    .await?;
+            }
+            Ended::Lost(e) => return Err(e),
+        }
+    }
+}
+
+/// Capped exponential backoff with jitter, so that clients of a restarted
+/// server do not all come back in the same instant.
+struct Backoff {
+    next: Duration,
+    min: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    fn new(config: &Config) -> Self {
+        Backoff {
+            next: config.min_backoff,
+            min: config.min_backoff,
+            max: config.max_backoff,
+        }
+    }
+
+    fn reset(&mut self) {
+        self.next = self.min;
+    }
+
+    /// The next pause: between half and all of the current step.
+    fn next(&mut self) -> Duration {
+        let step = self.next;
+        self.next = (step * 2).min(self.max);
+        step.mul_f64(0.5 + fastrand::f64() * 0.5)
+    }
+}
+
+/// What the user did while we were not connected.
+enum Typed {
+    /// Nothing that matters (a line was queued, or there was no line).
+    Nothing,
+    /// End of input or `/quit`: stop trying.
+    Leave,
+}
+
+/// Keeps trying to connect, after `wait`, until it works. Lines typed
+/// meanwhile are queued; end of input or `/quit` gives up (`None`).
+async fn retry<S: Source, O: Screen>(
+    connector: &Connector,
+    backoff: &mut Backoff,
+    mut wait: Option<Duration>,
+    input: &mut S,
+    screen: &mut O,
+    outbox: &mut Outbox,
+) -> anyhow::Result<Option<Socket>> {
+    let mut told = false;
+    loop {
+        if let Some(pause) = wait {
+            let sleep = tokio::time::sleep(pause);
+            tokio::pin!(sleep);
+            loop {
+                tokio::select! {
+                    () = &mut sleep => break,
+                    line = input.next_line() => {
+                        if let Typed::Leave = offline_line(line?, screen, outbox).await? {
+                            return Ok(None);
+                        }
+                    }
+                }
+            }
+        }
+        let attempt = connector.connect();
+        tokio::pin!(attempt);
+        let result = loop {
+            tokio::select! {
+                result = &mut attempt => break result,
+                line = input.next_line() => {
+                    if let Typed::Leave = offline_line(line?, screen, outbox).await? {
+                        return Ok(None);
+                    }
+                }
+            }
+        };
+        match result {
+            Ok(ws) => return Ok(Some(ws)),
+            Err(e) => {
+                // Say once why it does not work yet; not at every attempt.
+                if !told {
+                    told = true;
+                    screen
+                        .notice(Level::Warn, &format!("{e:#}; will keep trying"))
+                        .await?;
+                }
+            }
+        }
+        wait = Some(backoff.next());
+    }
+}
+
+/// A line typed while disconnected: queue it, or leave on `/quit` and at
+/// the end of input.
+async fn offline_line<O: Screen>(
+    line: Option<String>,
+    screen: &mut O,
+    outbox: &mut Outbox,
+) -> io::Result<Typed> {
+    let Some(line) = line else {
+        if !outbox.lines.is_empty() {
+            let n = outbox.lines.len();
+            screen
+                .notice(
+                    Level::Warn,
+                    &format!("{n} typed line(s) were not sent: not connected"),
+                )
+                .await?;
+        }
+        return Ok(Typed::Leave);
+    };
+    match parse_input(&line) {
+        Input::Empty => return Ok(Typed::Nothing),
+        Input::Command { name, .. } if name.eq_ignore_ascii_case("quit") => {
+            return Ok(Typed::Leave)
+        }
+        _ => {}
+    }
+    if outbox.lines.len() >= MAX_QUEUED_LINES {
+        screen
+            .notice(
+                Level::Warn,
+                &format!(
+                    "not connected and {MAX_QUEUED_LINES} lines already wait: not sent: {line}"
+                ),
+            )
+            .await?;
+    } else {
+        if outbox.lines.is_empty() {
+            screen
+                .notice(
+                    Level::Info,
+                    "not connected: what you type is sent once the connection is back",
+                )
+                .await?;
+        }
+        outbox.lines.push_back(line);
+    }
+    Ok(Typed::Nothing)
+}
+
+/// One connection, from the welcome to its end.
+async fn session<S: Source, O: Screen>(
+    connector: &Connector,
+    mut ws: Socket,
+    input: &mut S,
+    screen: &mut O,
+    tracker: &mut Tracker,
+    outbox: &mut Outbox,
+) -> anyhow::Result<Ended> {
+    let url = connector.url();
+    // The server speaks first: the welcome carries our address and epoch.
+    let first = tokio::time::timeout(CONNECT_TIMEOUT, ws.next())
+        .await
+        .map_err(|_| anyhow!("the server at {url} sent no welcome (is it a chat server?)"))?;
+    let raw = match first {
+        Some(Ok(msg)) if msg.is_text() => msg.as_text().unwrap_or_default().to_string(),
+        Some(Ok(msg)) if msg.is_close() => {
+            return Ok(closed_by_server(url, msg.as_close(), false));
+        }
+        Some(Err(e)) => return Ok(Ended::Lost(anyhow!("the connection to {url} failed: {e}"))),
+        _ => return Ok(Ended::Lost(anyhow!("the connection to {url} was lost"))),
+    };
+    let event: Event = serde_json::from_str(&raw)
+        .map_err(|_| anyhow!("the server at {url} sent no welcome (is it a chat server?)"))?;
+    let Event::Welcome {
+        addr, room, epoch, ..
+    } = &event
+    else {
+        bail!("the server at {url} sent no welcome (is it a chat server?)");
+    };
+    let mut commands = Vec::new();
+    let mut reconnected = false;
+    match tracker.welcome(*addr, room, *epoch) {
+        Welcomed::First => {
+            screen
+                .event(
+                    &Incoming {
+                        event: event.clone(),
+                        raw,
+                    },
+                    Some(*addr),
+                )
+                .await?
+        }
+        Welcomed::Again {
+            commands: restore,
+            restarted,
+        } => {
+            let text = if restarted {
+                format!("reconnected to {url} (the server has restarted)")
+            } else {
+                format!("reconnected to {url}")
+            };
+            screen.notice(Level::Info, &text).await?;
+            commands = restore;
+            reconnected = true;
+        }
+    }
+    let queued = outbox.lines.len();
+    for line in commands {
+        if let Err(e) = ws.send(Message::text(line)).await {
+            return Ok(Ended::Lost(lost_sending(url, e)));
+        }
+    }
+    // Lines typed while offline go after the restoring commands, so they
+    // land in the right room under the right name.
+    while let Some(line) = outbox.lines.pop_front() {
+        if let Err(e) = ws.send(Message::text(line.clone())).await {
+            outbox.lines.push_front(line);
+            return Ok(Ended::Lost(lost_sending(url, e)));
+        }
+    }
+    if reconnected && queued > 0 {
+        let s = if queued == 1 { "" } else { "s" };
+        screen
+            .notice(
+                Level::Info,
+                &format!("sent {queued} line{s} typed while disconnected"),
+            )
+            .await?;
+    }
+    let mut quitting = false;
+    loop {
+        tokio::select! {
+            line = input.next_line() => match line {
+                Ok(Some(line)) => {
+                    match parse_input(&line) {
+                        Input::Empty => continue,
+                        Input::Command { name, .. } if name.eq_ignore_ascii_case("quit") => {
+                            quitting = true;
+                        }
+                        _ => {}
+                    }
+                    if let Err(e) = ws.send(Message::text(line.clone())).await {
+                        if quitting {
+                            return Ok(Ended::Clean);
+                        }
+                        // Not lost: it goes out after reconnecting.
+                        outbox.lines.push_back(line);
+                        return Ok(Ended::Lost(lost_sending(url, e)));
+                    }
+                }
+                Ok(None) => {
+                    close(ws, screen, tracker).await?;
+                    return Ok(Ended::Clean);
+                }
+                Err(e) => bail!("cannot read input: {e}"),
+            },
+            frame = ws.next() => {
+                let msg = match frame {
+                    None if quitting => return Ok(Ended::Clean),
+                    None => {
+                        return Ok(Ended::Lost(anyhow!(
+                            "the connection to {url} was lost (the server went away)"
+                        )))
+                    }
+                    Some(Err(e)) => {
+                        return Ok(Ended::Lost(anyhow!("the connection to {url} failed: {e}")))
+                    }
+                    Some(Ok(msg)) => msg,
+                };
+                if let Some(text) = msg.as_text() {
+                    show(text, screen, tracker).await?;
+                } else if msg.is_close() {
+                    return Ok(closed_by_server(url, msg.as_close(), quitting));
+                }
+            }
+        }
+    }
+}
+
+fn lost_sending(url: &str, e: tokio_websockets::Error) -> anyhow::Error {
+    anyhow!("lost the connection to {url} while sending: {e}")
+}
+
+/// Parses one event and shows what the tracker says is news.
+async fn show<O: Screen>(raw: &str, screen: &mut O, tracker: &mut Tracker) -> io::Result<()> {
+    let Ok(event) = serde_json::from_str::<Event>(raw) else {
+        // A newer server's event: shown (made safe), not fatal.
+        return screen.unknown(raw).await;
+    };
+    let incoming = Incoming {
+        event,
+        raw: raw.to_string(),
+    };
+    for shown in tracker.accept(incoming) {
+        screen.event(&shown, tracker.me()).await?;
+    }
+    Ok(())
+}
+
+/// The outcome of a Close frame the server sent first.
+fn closed_by_server(url: &str, close: Option<(CloseCode, &str)>, quitting: bool) -> Ended {
+    let reason = |r: &str, default: &'static str| {
+        if r.is_empty() {
+            default.to_string()
+        } else {
+            sanitize::sanitize(r).into_owned()
+        }
+    };
+    match close {
+        // 1000 is the server's answer to /quit: the user asked to leave.
+        Some((code, _)) if code == CloseCode::NORMAL_CLOSURE => Ended::Clean,
+        _ if quitting => Ended::Clean,
+        Some((code, r)) if code == CloseCode::GOING_AWAY => Ended::Lost(anyhow!(
+            "the server at {url} went away: {} (close code {})",
+            reason(r, "going away"),
+            u16::from(code)
+        )),
+        Some((code, r)) => Ended::Lost(anyhow!(
+            "the server at {url} closed the connection: {} (close code {})",
+            reason(r, "no reason given"),
+            u16::from(code)
+        )),
+        None => Ended::Lost(anyhow!("the server at {url} closed the connection")),
+    }
+}
+
+/// Our input ended: say goodbye with a Close frame, show whatever the
+/// server still sends until it answers, and end cleanly.
+async fn close<O: Screen>(
+    mut ws: Socket,
+    screen: &mut O,
+    tracker: &mut Tracker,
+) -> anyhow::Result<()> {
+    if ws
+        .send(Message::close(Some(CloseCode::NORMAL_CLOSURE), ""))
+        .await
+        .is_err()
+    {
+        // Already gone: nothing more will come, and the user is done anyway.
+        return Ok(());
+    }
+    let drain = async {
+        // Ends when the answering Close has arrived (or the stream ended).
+        while let Some(Ok(msg)) = ws.next().await {
+            if let Some(text) = msg.as_text() {
+                show(text, screen, tracker).await?;
+            }
+        }
+        io::Result::Ok(())
+    };
+    // A server that never answers our Close does not keep us hanging.
+    if let Ok(result) = tokio::time::timeout(CLOSE_TIMEOUT, drain).await {
+        result.context("cannot write the output")?;
+    }
+    Ok(())
+}

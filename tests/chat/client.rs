@@ -1,0 +1,809 @@
+//! The client library and binary: reconnecting and resuming against a real
+//! server, a terminal-safe rendering of hostile text, `wss://`, and an
+//! interactive session in tmux.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chat::client::{self, sanitize, Config};
+use chat::hub::HubConfig;
+use chat::protocol::{ChatLine, Event};
+use chat::server;
+use futures_util::{SinkExt as _, StreamExt as _};
+use http::header::SEC_WEBSOCKET_PROTOCOL;
+use http::HeaderValue;
+use proptest::prelude::*;
+use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader, DuplexStream, Lines};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_websockets::{Message, ServerBuilder};
+
+use crate::support::{is_presence, Client, TestServer, WAIT};
+
+// ---------------------------------------------------------------------------
+// Helpers
+
+/// The client library running in this process on in-memory input and
+/// output, as the binary runs it on stdin and stdout.
+struct Driven {
+    input: Option<DuplexStream>,
+    output: Lines<BufReader<DuplexStream>>,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Driven {
+    fn start(config: Config) -> Self {
+        let (input, client_in) = tokio::io::duplex(1 << 20);
+        let (client_out, output) = tokio::io::duplex(1 << 20);
+        let task = tokio::spawn(async move {
+            client::run(&config, BufReader::new(client_in), client_out).await
+        });
+        Driven {
+            input: Some(input),
+            output: BufReader::new(output).lines(),
+            task,
+        }
+    }
+
+    /// A client that reconnects quickly (tests need not wait 0.5 s).
+    fn reconnecting(url: &str, nick: &str) -> Self {
+        Self::start(Config {
+            nick: Some(nick.into()),
+            reconnect: true,
+            min_backoff: Duration::from_millis(10),
+            max_backoff: Duration::from_millis(100),
+            ..Config::new(url)
+        })
+    }
+
+    async fn line(&mut self) -> String {
+        tokio::time::timeout(WAIT, self.output.next_line())
+            .await
+            .expect("timed out waiting for a client line")
+            .expect("cannot read client output")
+            .expect("client output ended")
+    }
+
+    /// Lines up to and including the first that satisfies `pred`.
+    async fn until(&mut self, pred: impl Fn(&str) -> bool) -> Vec<String> {
+        let mut lines = Vec::new();
+        for _ in 0..1000 {
+            let line = self.line().await;
+            let done = pred(&line);
+            lines.push(line);
+            if done {
+                return lines;
+            }
+        }
+        panic!("no matching line in 1000: {lines:#?}");
+    }
+
+    async fn type_line(&mut self, line: &str) {
+        let input = self.input.as_mut().expect("input already closed");
+        input
+            .write_all(format!("{line}\n").as_bytes())
+            .await
+            .unwrap();
+    }
+
+    /// Ends the input and waits for the client to finish.
+    async fn finish(mut self) -> anyhow::Result<()> {
+        self.input = None;
+        self.end().await
+    }
+
+    /// Waits for the client to finish on its own, input still open.
+    async fn end(self) -> anyhow::Result<()> {
+        tokio::time::timeout(WAIT, self.task)
+            .await
+            .expect("client did not finish")
+            .expect("client task panicked")
+    }
+}
+
+/// A TCP relay between the client and a server that can cut every relayed
+/// connection (a network failure), hold new ones (the server unreachable)
+/// and switch servers (a restart), while its own address stays the same.
+struct Proxy {
+    addr: SocketAddr,
+    upstream: Arc<Mutex<SocketAddr>>,
+    open: watch::Sender<bool>,
+    cut: Arc<Mutex<CancellationToken>>,
+}
+
+impl Proxy {
+    async fn start(upstream: SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let upstream = Arc::new(Mutex::new(upstream));
+        let (open, _) = watch::channel(true);
+        let cut = Arc::new(Mutex::new(CancellationToken::new()));
+        let (up, gate, cuts) = (upstream.clone(), open.clone(), cut.clone());
+        tokio::spawn(async move {
+            while let Ok((mut down, _)) = listener.accept().await {
+                let (up, mut gate, cuts) = (up.clone(), gate.subscribe(), cuts.clone());
+                tokio::spawn(async move {
+                    // Held here while the gate is closed.
+                    if gate.wait_for(|open| *open).await.is_err() {
+                        return;
+                    }
+                    let token = cuts.lock().unwrap().clone();
+                    let target = *up.lock().unwrap();
+                    let Ok(mut upstream) = TcpStream::connect(target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut down, &mut upstream) => {}
+                        () = token.cancelled() => {}
+                    }
+                });
+            }
+        });
+        Proxy {
+            addr,
+            upstream,
+            open,
+            cut,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("ws://{}", self.addr)
+    }
+
+    /// Holds new connections until [`Proxy::release`].
+    fn hold(&self) {
+        self.open.send_replace(false);
+    }
+
+    fn release(&self) {
+        self.open.send_replace(true);
+    }
+
+    /// Drops every relayed connection, and holds new ones.
+    fn cut(&self) {
+        self.hold();
+        let old = std::mem::replace(&mut *self.cut.lock().unwrap(), CancellationToken::new());
+        old.cancel();
+    }
+
+    fn point_to(&self, upstream: SocketAddr) {
+        *self.upstream.lock().unwrap() = upstream;
+    }
+}
+
+fn is_notice(line: &str) -> bool {
+    line.starts_with("~ ")
+}
+
+/// Chat lines and `resumed` answers, without presence and client notices.
+fn news(lines: &[String]) -> Vec<String> {
+    lines
+        .iter()
+        .filter(|l| !is_presence(l) && !is_notice(l))
+        .cloned()
+        .collect()
+}
+
+async fn server_with_history(depth: usize) -> TestServer {
+    TestServer::start_with(server::Config {
+        hub: HubConfig {
+            history_depth: depth,
+            ..HubConfig::default()
+        },
+        ..server::Config::default()
+    })
+    .await
+}
+
+/// Sends lines from `peer` and waits until the server has echoed them all,
+/// so they are surely numbered and kept before the test goes on.
+async fn say_all(peer: &mut Client, lines: &[&str]) {
+    for line in lines {
+        peer.send(line).await;
+    }
+    let last = format!("{}: {}", peer.addr, lines[lines.len() - 1]);
+    peer.recv_until(1000, |l| l == last).await;
+}
+
+// ---------------------------------------------------------------------------
+// Reconnect and resume
+
+#[tokio::test]
+async fn after_a_network_failure_the_client_shows_each_missed_message_once() {
+    let server = TestServer::start().await;
+    let proxy = Proxy::start(server.addr).await;
+    let mut carol = Driven::reconnecting(&proxy.url(), "carol");
+    let welcome = carol.line().await;
+    assert!(welcome.starts_with("* welcome"), "{welcome}");
+    carol.until(|l| l.ends_with("is now known as carol")).await;
+    let mut bob = Client::connect(&server).await;
+    say_all(&mut bob, &["one", "two"]).await;
+    carol.until(|l| l.ends_with(": two")).await;
+
+    proxy.cut();
+    let lost = carol.until(|l| l.contains("reconnecting")).await;
+    assert!(is_notice(lost.last().unwrap()), "{lost:?}");
+    // Typed while disconnected: kept and sent after reconnecting.
+    carol.type_line("typed offline").await;
+    say_all(&mut bob, &["three", "four", "five"]).await;
+    proxy.release();
+
+    let own = |l: &str| l.starts_with("carol (") && l.ends_with(": typed offline");
+    let after = carol.until(own).await;
+    assert!(
+        after.iter().any(|l| l.starts_with("~ reconnected to")),
+        "{after:#?}"
+    );
+    let b = bob.addr;
+    assert_eq!(
+        news(&after),
+        [
+            format!("{b}: three"),
+            format!("{b}: four"),
+            format!("{b}: five"),
+            "* caught up on #lobby: 3 missed messages".to_string(),
+            after.last().unwrap().clone(),
+        ],
+        "{after:#?}"
+    );
+    // The nickname came back with the connection.
+    bob.recv_until(1000, |l| own(l)).await;
+    // Live lines flow again, and nothing old is repeated before them.
+    say_all(&mut bob, &["six"]).await;
+    let next = carol.until(|l| l.ends_with(": six")).await;
+    assert_eq!(news(&next), [format!("{b}: six")], "{next:#?}");
+    carol.finish().await.unwrap();
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_server_restart_is_reported_and_the_new_run_is_shown() {
+    let first = TestServer::start().await;
+    let proxy = Proxy::start(first.addr).await;
+    let mut carol = Driven::reconnecting(&proxy.url(), "carol");
+    carol.until(|l| l.ends_with("is now known as carol")).await;
+    let mut bob = Client::connect(&first).await;
+    say_all(&mut bob, &["before"]).await;
+    carol.until(|l| l.ends_with(": before")).await;
+
+    // The server shuts down (Close 1001) and comes back as a new run.
+    proxy.hold();
+    first.shutdown().await;
+    let gone = carol.until(|l| l.contains("reconnecting")).await;
+    assert!(
+        gone.last()
+            .unwrap()
+            .contains("went away: server shutting down"),
+        "{gone:?}"
+    );
+    let second = TestServer::start().await;
+    proxy.point_to(second.addr);
+    let mut dave = Client::connect(&second).await;
+    say_all(&mut dave, &["after"]).await;
+    proxy.release();
+
+    let after = carol.until(|l| l.ends_with(": after")).await;
+    assert!(
+        after
+            .iter()
+            .any(|l| l.contains("reconnected to") && l.contains("restarted")),
+        "{after:#?}"
+    );
+    assert_eq!(
+        news(&after),
+        [
+            "* the server restarted since you were last here: messages sent to #lobby in between are lost".to_string(),
+            format!("{}: after", dave.addr),
+        ],
+        "{after:#?}"
+    );
+    carol.finish().await.unwrap();
+    second.shutdown().await;
+}
+
+#[tokio::test]
+async fn messages_beyond_the_servers_history_are_reported_lost() {
+    let server = server_with_history(2).await;
+    let proxy = Proxy::start(server.addr).await;
+    let mut carol = Driven::reconnecting(&proxy.url(), "carol");
+    carol.until(|l| l.ends_with("is now known as carol")).await;
+    let mut bob = Client::connect(&server).await;
+    say_all(&mut bob, &["seen"]).await;
+    carol.until(|l| l.ends_with(": seen")).await;
+
+    proxy.cut();
+    carol.until(|l| l.contains("reconnecting")).await;
+    say_all(&mut bob, &["m1", "m2", "m3", "m4", "m5"]).await;
+    proxy.release();
+
+    let after = carol.until(|l| l.starts_with("* caught up")).await;
+    let b = bob.addr;
+    assert_eq!(
+        news(&after),
+        [
+            format!("{b}: m4"),
+            format!("{b}: m5"),
+            "* caught up on #lobby: 2 missed messages; 3 older ones could not be recovered (history too short)"
+                .to_string(),
+        ],
+        "{after:#?}"
+    );
+    carol.finish().await.unwrap();
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_room_and_nickname_are_restored_after_reconnecting() {
+    let server = TestServer::start().await;
+    let proxy = Proxy::start(server.addr).await;
+    let mut carol = Driven::start(Config {
+        room: Some("#rust".into()),
+        ..Driven::config_for(&proxy.url(), "carol")
+    });
+    carol
+        .until(|l| l.contains("carol") && l.contains("joined #rust"))
+        .await;
+    proxy.cut();
+    carol.until(|l| l.contains("reconnecting")).await;
+    proxy.release();
+    carol.until(|l| l.starts_with("* caught up on #rust")).await;
+    carol.type_line("/who").await;
+    let who = carol.until(|l| l.starts_with("* 1 in #rust")).await;
+    assert!(who.last().unwrap().contains("carol ("), "{who:?}");
+    carol.finish().await.unwrap();
+    server.shutdown().await;
+}
+
+impl Driven {
+    fn config_for(url: &str, nick: &str) -> Config {
+        Config {
+            nick: Some(nick.into()),
+            reconnect: true,
+            min_backoff: Duration::from_millis(10),
+            max_backoff: Duration::from_millis(100),
+            ..Config::new(url)
+        }
+    }
+}
+
+#[tokio::test]
+async fn without_reconnect_a_lost_connection_is_an_error() {
+    let server = TestServer::start().await;
+    let proxy = Proxy::start(server.addr).await;
+    let mut carol = Driven::start(Config::new(proxy.url()));
+    carol.line().await;
+    proxy.cut();
+    let err = carol.end().await.unwrap_err();
+    assert!(format!("{err:#}").contains("lost"), "{err:#}");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn with_retry_the_client_waits_for_the_server() {
+    let server = TestServer::start().await;
+    let proxy = Proxy::start(server.addr).await;
+    // Nothing answers yet: the relay holds every connection.
+    proxy.hold();
+    let mut carol = Driven::start(Config {
+        wait_for_server: true,
+        ..Driven::config_for(&proxy.url(), "carol")
+    });
+    proxy.release();
+    let welcome = carol.line().await;
+    assert!(welcome.starts_with("* welcome"), "{welcome}");
+    carol.finish().await.unwrap();
+    server.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------
+// Hostile servers and peers
+
+/// A fake chat server that sends `events` (raw JSON) after a welcome.
+async fn hostile_server(events: Vec<String>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (tcp, peer) = listener.accept().await.unwrap();
+        let builder = ServerBuilder::new()
+            .add_header(
+                SEC_WEBSOCKET_PROTOCOL,
+                HeaderValue::from_static("chat.v1.json"),
+            )
+            .unwrap();
+        let (_req, mut ws) = builder.accept(tcp).await.unwrap();
+        let welcome = Event::Welcome {
+            server: "evil\u{1b}]0;owned\u{7}".into(),
+            addr: peer,
+            room: "#lobby".into(),
+            online: 1,
+            epoch: 1,
+        };
+        let _ = ws.send(Message::text(welcome.to_json())).await;
+        for event in events {
+            if ws.send(Message::text(event)).await.is_err() {
+                return;
+            }
+        }
+        // Then wait for the client's Close and answer it.
+        while let Some(Ok(_)) = ws.next().await {}
+    });
+    addr
+}
+
+const HOSTILE: &[&str] = &[
+    "\u{1b}[2J\u{1b}[H",              // clear the screen, cursor home
+    "\u{1b}]0;you are hacked\u{7}",   // set the window title (OSC)
+    "\u{1b}]8;;http://evil\u{1b}\\x", // a hyperlink (OSC 8)
+    "innocent\rforged line",          // CR overwrite
+    "\u{9b}31mred via C1 CSI",        // C1 CSI 0x9b
+    "abc\u{202e}gnp.exe",             // right-to-left override
+    "\u{2066}isolated\u{2069}",       // bidi isolates
+    "bell\u{7}del\u{7f}nul\u{0}",
+    "two\nlines",
+];
+
+fn hostile_events() -> Vec<String> {
+    let from: SocketAddr = "127.0.0.1:4242".parse().unwrap();
+    let mut events = Vec::new();
+    for (i, text) in HOSTILE.iter().enumerate() {
+        events.push(
+            Event::Message(ChatLine {
+                room: "#lobby".into(),
+                seq: i as u64 + 1,
+                ts: 0,
+                from,
+                nick: Some((*text).into()),
+                text: (*text).into(),
+                history: false,
+            })
+            .to_json(),
+        );
+        events.push(
+            Event::Left {
+                room: (*text).into(),
+                addr: from,
+                nick: Some((*text).into()),
+                reason: Some((*text).into()),
+            }
+            .to_json(),
+        );
+        events.push(
+            Event::Error {
+                message: (*text).into(),
+            }
+            .to_json(),
+        );
+    }
+    // Not an event this client knows: still shown safely.
+    events.push(format!(
+        "{{\"type\":\"future\",\"text\":{}}}",
+        serde_json::to_string(HOSTILE[0]).unwrap()
+    ));
+    events
+}
+
+fn assert_terminal_safe(out: &str) {
+    for line in out.lines() {
+        let bad: Vec<char> = line
+            .chars()
+            .filter(|&c| sanitize::is_dangerous(c))
+            .collect();
+        assert!(bad.is_empty(), "dangerous {bad:?} in {line:?}");
+    }
+}
+
+#[tokio::test]
+async fn hostile_text_never_reaches_the_output_as_control_characters() {
+    for json in [false, true] {
+        let addr = hostile_server(hostile_events()).await;
+        let mut carol = Driven::start(Config {
+            json,
+            ..Config::new(format!("ws://{addr}"))
+        });
+        // Welcome, then three lines per hostile string, then the unknown.
+        let count = 1 + HOSTILE.len() * 3 + 1;
+        let mut out = String::new();
+        for _ in 0..count {
+            out.push_str(&carol.line().await);
+            out.push('\n');
+        }
+        assert_terminal_safe(&out);
+        // Visible, so the reader sees that someone tried.
+        let expected = if json {
+            [
+                "\\u001b[2J",
+                "innocent\\rforged line",
+                "\\u009b31m",
+                "abc\\u202egnp",
+            ]
+        } else {
+            [
+                "^[[2J",
+                "innocent^Mforged line",
+                "<U+009B>31m",
+                "abc<U+202E>gnp",
+            ]
+        };
+        for shown in expected {
+            assert!(out.contains(shown), "{shown} missing in:\n{out}");
+        }
+        if json {
+            for line in out.lines() {
+                let _: serde_json::Value =
+                    serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+            }
+        }
+        carol.finish().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn an_oversized_message_from_the_server_is_refused() {
+    let huge = format!(
+        "{{\"type\":\"info\",\"text\":\"{}\"}}",
+        "x".repeat(client::MAX_INCOMING_BYTES + 1)
+    );
+    let addr = hostile_server(vec![huge]).await;
+    let mut carol = Driven::start(Config::new(format!("ws://{addr}")));
+    carol.line().await;
+    let err = carol.end().await.unwrap_err();
+    assert!(format!("{err:#}").contains("failed"), "{err:#}");
+}
+
+proptest! {
+    #[test]
+    fn sanitised_text_holds_no_control_characters(s in any::<String>()) {
+        let safe = sanitize::sanitize(&s);
+        prop_assert!(!safe.chars().any(sanitize::is_dangerous));
+        if !s.chars().any(sanitize::is_dangerous) {
+            prop_assert_eq!(safe.as_ref(), s.as_str());
+        }
+    }
+
+    #[test]
+    fn control_heavy_text_is_made_visible(s in "[\\x00-\\x1f\\x7f-\\u{9f}\\u{202a}-\\u{202e}\\u{2066}-\\u{2069}a-z]{0,64}") {
+        let safe = sanitize::sanitize(&s);
+        prop_assert!(!safe.chars().any(sanitize::is_dangerous));
+        // Letters survive in order: nothing visible is lost.
+        let letters = |t: &str| t.chars().filter(char::is_ascii_lowercase).count();
+        prop_assert!(letters(&safe) >= letters(&s));
+    }
+
+    #[test]
+    fn json_stays_equivalent_after_sanitising(s in any::<String>()) {
+        let raw = serde_json::to_string(&s).unwrap();
+        let safe = sanitize::sanitize_json(&raw);
+        prop_assert!(!safe.chars().any(sanitize::is_dangerous));
+        let back: String = serde_json::from_str(&safe).unwrap();
+        prop_assert_eq!(back, s);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// wss://
+
+/// A self-signed certificate for 127.0.0.1, written as PEM for `--ca`.
+struct SelfSigned {
+    config: Arc<tokio_rustls::rustls::ServerConfig>,
+    ca_file: PathBuf,
+}
+
+fn self_signed() -> SelfSigned {
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+    let cert =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
+    let ca_file = std::env::temp_dir().join(format!(
+        "chat-test-ca-{}-{}.pem",
+        std::process::id(),
+        fastrand_suffix()
+    ));
+    std::fs::write(&ca_file, cert.cert.pem()).unwrap();
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(cert.signing_key.serialize_der()));
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let config = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![CertificateDer::from(cert.cert.der().to_vec())], key)
+        .unwrap();
+    SelfSigned {
+        config: Arc::new(config),
+        ca_file,
+    }
+}
+
+fn fastrand_suffix() -> u64 {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+/// Terminates TLS and relays to the (plain) chat server, as a TLS front
+/// end such as a reverse proxy would.
+async fn tls_front(
+    tls: Arc<tokio_rustls::rustls::ServerConfig>,
+    upstream: SocketAddr,
+) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let Ok(mut up) = TcpStream::connect(upstream).await else {
+                    return;
+                };
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut up).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn wss_works_with_a_self_signed_certificate_given_by_ca() {
+    let server = TestServer::start().await;
+    let cert = self_signed();
+    let front = tls_front(cert.config.clone(), server.addr).await;
+    let url = format!("wss://{front}");
+
+    let mut watcher = Client::connect(&server).await;
+    let mut carol = Driven::start(Config {
+        ca: Some(cert.ca_file.clone()),
+        ..Config::new(url.clone())
+    });
+    assert!(carol.line().await.starts_with("* welcome"));
+    carol.type_line("over tls").await;
+    let line = watcher.recv_chat().await;
+    assert!(line.ends_with(": over tls"), "{line}");
+    carol.finish().await.unwrap();
+
+    // Without the CA the certificate is not trusted, and the error says why.
+    let carol = Driven::start(Config::new(url.clone()));
+    let err = format!("{:#}", carol.finish().await.unwrap_err());
+    assert!(
+        err.starts_with(&format!("cannot connect to {url}: TLS failed")),
+        "{err}"
+    );
+    assert!(err.contains("--ca"), "{err}");
+    let _ = std::fs::remove_file(&cert.ca_file);
+    server.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------
+// The binary, interactively, in tmux
+
+struct Tmux {
+    socket: String,
+}
+
+impl Tmux {
+    fn available() -> bool {
+        std::process::Command::new("tmux")
+            .arg("-V")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    fn run(&self, args: &[&str]) -> String {
+        let out = std::process::Command::new("tmux")
+            .args(["-L", &self.socket])
+            .args(args)
+            .output()
+            .expect("cannot run tmux");
+        assert!(out.status.success(), "tmux {args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn pane(&self) -> String {
+        self.run(&["capture-pane", "-p", "-t", "chat"])
+    }
+
+    /// Polls the pane (tmux has no change notification) until `pred`
+    /// holds, for at most [`WAIT`].
+    async fn wait_for(&self, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let pane = self.pane();
+            if pred(&pane) {
+                return pane;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {what}; pane:\n{pane}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("tmux")
+            .args(["-L", &self.socket, "kill-server"])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+#[tokio::test]
+async fn interactive_input_survives_incoming_messages() {
+    if !Tmux::available() {
+        eprintln!("SKIPPED interactive_input_survives_incoming_messages: tmux is not installed");
+        return;
+    }
+    let server = TestServer::start().await;
+    let tmux = Tmux {
+        socket: format!("chat-test-{}-{}", std::process::id(), fastrand_suffix()),
+    };
+    let command = format!(
+        "NO_COLOR=1 {} --url {} --nick erin",
+        env!("CARGO_BIN_EXE_client"),
+        server.url()
+    );
+    tmux.run(&[
+        "new-session",
+        "-d",
+        "-s",
+        "chat",
+        "-x",
+        "100",
+        "-y",
+        "20",
+        &command,
+    ]);
+    tmux.wait_for("the prompt", |p| p.contains("is now known as erin"))
+        .await;
+    let mut bob = Client::connect(&server).await;
+    // Half a line, not sent.
+    tmux.run(&["send-keys", "-t", "chat", "-l", "half typed"]);
+    tmux.wait_for("the typed text", |p| p.contains("half typed"))
+        .await;
+    bob.send("hello while you type").await;
+    let pane = tmux
+        .wait_for("bob's message", |p| p.contains("hello while you type"))
+        .await;
+    let lines: Vec<&str> = pane.lines().filter(|l| !l.trim().is_empty()).collect();
+    let last = lines.last().unwrap();
+    assert!(
+        last.ends_with("> half typed"),
+        "prompt line: {last:?}\n{pane}"
+    );
+    let msg = lines
+        .iter()
+        .position(|l| l.contains("hello while you type"))
+        .unwrap();
+    assert!(msg < lines.len() - 1, "{pane}");
+    // Finish the line: it is sent whole.
+    tmux.run(&["send-keys", "-t", "chat", " and done", "Enter"]);
+    let got = bob.recv_until(100, |l| l.contains("half typed")).await;
+    assert!(got.starts_with("erin ("), "{got}");
+    assert!(got.ends_with(": half typed and done"), "{got}");
+    // Arrow up brings the line back from the input history.
+    tmux.run(&["send-keys", "-t", "chat", "Up"]);
+    tmux.wait_for("the recalled line", |p| {
+        p.lines()
+            .rfind(|l| !l.trim().is_empty())
+            .is_some_and(|l| l.ends_with("> half typed and done"))
+    })
+    .await;
+    // Ctrl+U clears it, Ctrl+D leaves: bob sees erin go.
+    tmux.run(&["send-keys", "-t", "chat", "C-u", "C-d"]);
+    bob.recv_until(100, |l| l.starts_with("* erin left #lobby"))
+        .await;
+    server.shutdown().await;
+}
