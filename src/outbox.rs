@@ -17,7 +17,7 @@
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 
 use bytes::{BufMut as _, Bytes, BytesMut};
@@ -25,8 +25,10 @@ use tokio::io::AsyncWrite;
 
 use crate::protocol::{Encoding, Event};
 
-/// Most frames handed to one vectored write (Linux allows 1024 iovecs).
-const MAX_IOVECS: usize = 512;
+/// Most frames handed to one vectored write. Linux allows 1024 iovecs; past
+/// about a hundred the syscall's fixed cost is already spread thin, and the
+/// slice array is rebuilt on the stack at every write.
+const MAX_IOVECS: usize = 128;
 /// An empty queue keeps at most this much capacity, so a burst does not pin
 /// memory to an idle connection.
 const IDLE_QUEUE_CAPACITY: usize = 16;
@@ -99,10 +101,29 @@ impl Encoded {
     }
 }
 
+/// One frame in an outbox.
+#[derive(Debug)]
+enum Frame {
+    /// A room event's shared frame: holding the event's `Arc` keeps its
+    /// bytes alive without touching a second reference count.
+    Shared(Arc<Encoded>, Encoding),
+    /// A frame for this connection alone.
+    Own(Bytes),
+}
+
+impl Frame {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Frame::Shared(encoded, encoding) => encoded.frame(*encoding),
+            Frame::Own(bytes) => bytes,
+        }
+    }
+}
+
 /// Frames waiting to be written to one connection.
 #[derive(Debug, Default)]
 pub struct Outbox {
-    queue: VecDeque<Bytes>,
+    queue: VecDeque<Frame>,
     /// Bytes of the front frame already written.
     written: usize,
     /// Bytes queued and not yet written.
@@ -115,10 +136,16 @@ impl Outbox {
         Self::default()
     }
 
-    /// Queues one complete frame.
+    /// Queues one complete frame of this connection's own.
     pub fn push(&mut self, frame: Bytes) {
         self.pending += frame.len();
-        self.queue.push_back(frame);
+        self.queue.push_back(Frame::Own(frame));
+    }
+
+    /// Queues a shared event's frame in `encoding`.
+    pub fn push_shared(&mut self, encoded: Arc<Encoded>, encoding: Encoding) {
+        self.pending += encoded.frame(encoding).len();
+        self.queue.push_back(Frame::Shared(encoded, encoding));
     }
 
     /// Whether nothing waits to be written.
@@ -156,7 +183,7 @@ impl Outbox {
                 let mut count = 0;
                 for (i, frame) in self.queue.iter().take(MAX_IOVECS).enumerate() {
                     let skip = if i == 0 { self.written } else { 0 };
-                    slices[i] = IoSlice::new(&frame[skip..]);
+                    slices[i] = IoSlice::new(&frame.bytes()[skip..]);
                     count += 1;
                 }
                 match io.as_mut().poll_write_vectored(cx, &slices[..count]) {
@@ -181,7 +208,7 @@ impl Outbox {
             let Some(front) = self.queue.front() else {
                 break;
             };
-            let left = front.len() - self.written;
+            let left = front.bytes().len() - self.written;
             if n >= left {
                 n -= left;
                 self.written = 0;
@@ -232,9 +259,17 @@ mod tests {
         let mut outbox = Outbox::new();
         let mut expected = Vec::new();
         for i in 0..1500 {
-            let frame = text_frame(format!("message {i}").as_bytes());
-            expected.extend_from_slice(&frame);
-            outbox.push(frame);
+            if i % 3 == 0 {
+                let shared = Arc::new(Encoded::new(Event::Info {
+                    text: format!("shared {i}"),
+                }));
+                expected.extend_from_slice(shared.frame(Encoding::Json));
+                outbox.push_shared(shared, Encoding::Json);
+            } else {
+                let frame = text_frame(format!("message {i}").as_bytes());
+                expected.extend_from_slice(&frame);
+                outbox.push(frame);
+            }
         }
         let reader = tokio::spawn(async move {
             let mut got = Vec::new();
