@@ -193,13 +193,18 @@ async fn serve_connection(
         Some(tls_config) => {
             let secured = tokio::select! {
                 () = stop.cancelled() => return,
+                // Boxed, like the session below: a TLS connection's state is
+                // large, and inline it would make every plain connection's
+                // task as big.
                 secured = tokio::time::timeout(
                     config.tls_handshake_timeout,
-                    tls::accept(stream, tls_config.clone()),
+                    Box::pin(tls::accept(stream, tls_config.clone())),
                 ) => secured,
             };
             match secured {
-                Ok(Ok(stream)) => upgrade_and_serve(stream, addr, hub, &config, stop).await,
+                Ok(Ok(stream)) => {
+                    Box::pin(upgrade_and_serve(stream, addr, hub, &config, stop)).await
+                }
                 Ok(Err(e)) => info!(error = %e, "TLS handshake failed"),
                 Err(_) => {
                     info!(timeout = ?config.tls_handshake_timeout, "TLS handshake timed out");
@@ -244,4 +249,42 @@ async fn upgrade_and_serve<S>(
         .limits(Limits::default().max_payload_len(Some(MAX_MESSAGE_BYTES)))
         .serve(stream);
     session::run(ws, addr, encoding, hub, stop).await;
+}
+
+#[doc(hidden)]
+pub fn debug_sizes() -> String {
+    let hub = Hub::new(HubConfig::default());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let s = TcpStream::connect(addr).await.unwrap();
+        let adm = crate::admission::Admission::new(0, 0);
+        let t = adm.admit(addr.ip()).unwrap();
+        let f = serve_connection(
+            s,
+            addr,
+            t,
+            hub.clone(),
+            Arc::new(Config::default()),
+            CancellationToken::new(),
+        );
+        let s2 = TcpStream::connect(addr).await.unwrap();
+        let ws = ServerBuilder::new().serve(s2);
+        let sess = session::run(
+            ws,
+            addr,
+            crate::protocol::Encoding::Text,
+            hub.clone(),
+            CancellationToken::new(),
+        );
+        format!(
+            "serve_connection: {} session: {}",
+            std::mem::size_of_val(&f),
+            std::mem::size_of_val(&sess)
+        )
+    })
 }

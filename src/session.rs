@@ -1,21 +1,26 @@
-//! One chat connection after its WebSocket upgrade: the only module that
-//! speaks WebSocket on the server side.
+//! One chat connection after its WebSocket upgrade: with `outbox`, the only
+//! server code that speaks WebSocket.
 //!
 //! A session is one task running one loop. Each turn it waits for whichever
-//! comes first — a frame from the client, a message from its room, or
-//! shutdown — handles it, and then writes: every reply it owes, then every
-//! room message already waiting in its receiver, then a single flush. A busy
-//! connection therefore gets many frames per `writev`, which is where the
-//! fan-out's speed comes from.
+//! comes first — a frame from the client, a message from its room or for it
+//! alone, or shutdown — handles it, and then writes: every reply it owes,
+//! then every room message already waiting in its receiver, all in one
+//! [`Outbox`] written with as few vectored writes as the socket allows. A
+//! busy connection therefore gets many frames per `writev`, which is where
+//! the fan-out's speed comes from.
+//!
+//! Reading, pings, pongs and closing go through tokio-websockets; data
+//! frames go through the outbox, straight to the stream underneath. The two
+//! never interleave: the library's own queue (pongs) is flushed before the
+//! outbox is written, and the outbox is always empty when the library reads
+//! (it may write a pong then) or closes.
 //!
 //! A receiver that lags is told how many messages it missed and carries on;
 //! lagging never ends a session.
 
-use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use bytes::Bytes;
 use futures_util::{SinkExt as _, StreamExt as _};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
@@ -25,6 +30,7 @@ use tokio_websockets::{CloseCode, Message, WebSocketStream};
 use tracing::{debug, info};
 
 use crate::hub::{History, Hub, Joined, MemberId, Shared};
+use crate::outbox::{text_frame, Outbox};
 use crate::protocol::{
     parse_command, parse_input, Command, Encoding, Event, Input, DEFAULT_HISTORY_REPLAY,
 };
@@ -54,7 +60,7 @@ pub async fn run<S>(
         id: connected.id,
         rx: connected.joined.rx,
         direct: connected.direct,
-        pending: VecDeque::new(),
+        outbox: Outbox::new(),
     };
     // Welcome, then history, then live lines: the hub subscribed us and
     // took the history snapshot together, so nothing is missed or doubled.
@@ -62,7 +68,9 @@ pub async fn run<S>(
     session.replay(&connected.joined.history);
     let end = session.serve(&shutdown).await;
     hub.disconnect(session.id, end.leave_reason().as_deref());
-    session.finish(end).await;
+    // Boxed: the closing handshake runs once, and inline its state would
+    // make every connection's task bigger for its whole life.
+    Box::pin(session.finish(end)).await;
 }
 
 /// Why a session's loop ended.
@@ -100,9 +108,9 @@ struct Session<S> {
     rx: tokio::sync::broadcast::Receiver<Shared>,
     /// Events addressed to this member alone (private messages).
     direct: mpsc::Receiver<Shared>,
-    /// Frames for this client alone (replies, notices), written before the
-    /// next room messages.
-    pending: VecDeque<Message>,
+    /// Frames waiting to be written: replies and room messages in the
+    /// order they are owed.
+    outbox: Outbox,
 }
 
 impl<S> Session<S>
@@ -132,7 +140,7 @@ where
                     Ok(())
                 }
                 Some(shared) = self.direct.recv() => {
-                    self.pending.push_back(self.frame(&shared.payload(self.encoding)));
+                    self.outbox.push_shared(shared, self.encoding);
                     Ok(())
                 }
             };
@@ -235,15 +243,7 @@ where
     /// Moves this session to another room's channel. Lines of the old room
     /// that were already published are delivered first.
     fn switch_room(&mut self, joined: Joined) {
-        loop {
-            match self.rx.try_recv() {
-                Ok(shared) => self
-                    .pending
-                    .push_back(self.frame(&shared.payload(self.encoding))),
-                Err(TryRecvError::Lagged(count)) => self.reply(&Event::Skipped { count }),
-                Err(TryRecvError::Empty | TryRecvError::Closed) => break,
-            }
-        }
+        self.take_ready(usize::MAX);
         self.rx = joined.rx;
         self.replay(&joined.history);
     }
@@ -261,9 +261,7 @@ where
 
     fn on_room_message(&mut self, received: Result<Shared, RecvError>) {
         match received {
-            Ok(shared) => self
-                .pending
-                .push_back(self.frame(&shared.payload(self.encoding))),
+            Ok(shared) => self.outbox.push_shared(shared, self.encoding),
             Err(RecvError::Lagged(count)) => self.reply(&Event::Skipped { count }),
             // The hub never drops a room that has members.
             Err(RecvError::Closed) => {}
@@ -272,39 +270,51 @@ where
 
     /// Queues an event for this client alone.
     fn reply(&mut self, event: &Event) {
-        let msg = self.event_frame(event);
-        self.pending.push_back(msg);
+        let frame = text_frame(event.to_encoding(self.encoding).as_bytes());
+        self.outbox.push(frame);
     }
 
-    /// A frame for an event encoded for this client alone.
-    fn event_frame(&self, event: &Event) -> Message {
-        Message::text(event.to_encoding(self.encoding))
-    }
-
-    /// A frame sharing the bytes of an event encoded once for everyone.
-    fn frame(&self, bytes: &Bytes) -> Message {
-        Message::text(bytes.clone())
+    /// Moves up to `max` waiting room messages (and every private one) into
+    /// the outbox.
+    fn take_ready(&mut self, max: usize) {
+        while let Ok(shared) = self.direct.try_recv() {
+            self.outbox.push_shared(shared, self.encoding);
+        }
+        for _ in 0..max {
+            match self.rx.try_recv() {
+                Ok(shared) => self.outbox.push_shared(shared, self.encoding),
+                Err(TryRecvError::Lagged(count)) => self.reply(&Event::Skipped { count }),
+                Err(TryRecvError::Empty | TryRecvError::Closed) => break,
+            }
+        }
     }
 
     /// Writes what this client is owed, then every room message already
-    /// waiting (up to [`MAX_BATCH`]), then flushes once.
+    /// waiting (up to [`MAX_BATCH`]), in as few writes as the socket allows.
     async fn write_ready(&mut self) -> Result<(), tokio_websockets::Error> {
-        while let Some(msg) = self.pending.pop_front() {
-            self.ws.feed(msg).await?;
-        }
-        while let Ok(shared) = self.direct.try_recv() {
-            let msg = self.frame(&shared.payload(self.encoding));
-            self.ws.feed(msg).await?;
-        }
-        for _ in 0..MAX_BATCH {
-            let msg = match self.rx.try_recv() {
-                Ok(shared) => self.frame(&shared.payload(self.encoding)),
-                Err(TryRecvError::Lagged(count)) => self.event_frame(&Event::Skipped { count }),
-                Err(TryRecvError::Empty | TryRecvError::Closed) => break,
-            };
-            self.ws.feed(msg).await?;
-        }
-        self.ws.flush().await
+        // Whatever tokio-websockets queued itself (pongs) goes first, so the
+        // outbox never writes into the middle of one of its frames.
+        self.ws.flush().await?;
+        self.take_ready(MAX_BATCH);
+        self.outbox
+            .flush(self.ws.get_mut())
+            .await
+            .map_err(tokio_websockets::Error::Io)
+    }
+
+    /// Sends a Close after whatever the outbox still holds (shutdown may
+    /// have cut a write short) and waits, bounded, for the answer.
+    async fn close_with(&mut self, code: CloseCode, reason: &str) {
+        let close = Message::close(Some(code), reason);
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+            self.outbox
+                .flush(self.ws.get_mut())
+                .await
+                .map_err(tokio_websockets::Error::Io)?;
+            self.ws.send(close).await?;
+            self.ws.close().await
+        })
+        .await;
     }
 
     /// Ends the connection politely where the peer can still hear it, and
@@ -313,21 +323,12 @@ where
         match end {
             End::Shutdown => {
                 info!("closing: server shutting down");
-                let close = Message::close(Some(CloseCode::GOING_AWAY), "server shutting down");
-                let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
-                    self.ws.send(close).await?;
-                    self.ws.close().await
-                })
-                .await;
+                self.close_with(CloseCode::GOING_AWAY, "server shutting down")
+                    .await;
             }
             End::Quit(_) => {
                 info!("left with /quit");
-                let close = Message::close(Some(CloseCode::NORMAL_CLOSURE), "bye");
-                let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
-                    self.ws.send(close).await?;
-                    self.ws.close().await
-                })
-                .await;
+                self.close_with(CloseCode::NORMAL_CLOSURE, "bye").await;
             }
             End::ClosedByClient(close) => {
                 match close {
