@@ -29,9 +29,13 @@ use crate::protocol::{Encoding, Event};
 /// about a hundred the syscall's fixed cost is already spread thin, and the
 /// slice array is rebuilt on the stack at every write.
 const MAX_IOVECS: usize = 128;
-/// An empty queue keeps at most this much capacity, so a burst does not pin
-/// memory to an idle connection.
-const IDLE_QUEUE_CAPACITY: usize = 16;
+/// A queue that grew past this many slots in a burst is shrunk back to
+/// [`IDLE_QUEUE_CAPACITY`] once empty, so a burst does not pin memory to an
+/// idle connection; below it, the capacity is kept to avoid reallocating at
+/// every batch.
+const MAX_KEPT_CAPACITY: usize = 256;
+/// What an emptied queue keeps after a burst.
+const IDLE_QUEUE_CAPACITY: usize = 32;
 
 /// An unmasked, final text frame carrying `payload` (RFC 6455, 5.2).
 pub fn text_frame(payload: &[u8]) -> Bytes {
@@ -195,7 +199,7 @@ impl Outbox {
             };
             self.advance(n);
         }
-        if self.queue.capacity() > IDLE_QUEUE_CAPACITY {
+        if self.queue.capacity() > MAX_KEPT_CAPACITY {
             self.queue.shrink_to(IDLE_QUEUE_CAPACITY);
         }
         io.poll_flush(cx)

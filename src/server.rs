@@ -24,6 +24,7 @@ use crate::admission::{
 };
 use crate::handshake::{self, Policy, HANDSHAKE_TIMEOUT};
 use crate::hub::{Hub, HubConfig};
+use crate::protocol::Encoding;
 use crate::session;
 use crate::tls::{self, TLS_HANDSHAKE_TIMEOUT};
 
@@ -217,7 +218,7 @@ async fn serve_connection(
 
 /// The HTTP upgrade and then the session, over TCP or TLS alike.
 async fn upgrade_and_serve<S>(
-    mut stream: S,
+    stream: S,
     addr: SocketAddr,
     hub: Hub,
     config: &Config,
@@ -225,66 +226,43 @@ async fn upgrade_and_serve<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let accepted = tokio::select! {
-        () = stop.cancelled() => return,
-        accepted = tokio::time::timeout(config.handshake_timeout, handshake::accept(&mut stream, &config.policy)) => accepted,
+    // Boxed: the handshake's buffers and timers are needed for a moment,
+    // and inline they would stay in the task for the session's whole life.
+    let Some((stream, encoding)) = Box::pin(upgrade(stream, config, &stop)).await else {
+        return;
     };
-    let accepted = match accepted {
-        Ok(Ok(accepted)) => accepted,
-        Ok(Err(e)) => {
-            info!(error = %e, "handshake failed");
-            return;
-        }
-        Err(_) => {
-            info!(timeout = ?config.handshake_timeout, "handshake timed out");
-            return;
-        }
-    };
-    info!(encoding = ?accepted.encoding, "connected");
-    let encoding = accepted.encoding;
-    // The request is not needed any more; do not keep it for the session's
-    // lifetime.
-    drop(accepted);
     let ws = ServerBuilder::new()
         .limits(Limits::default().max_payload_len(Some(MAX_MESSAGE_BYTES)))
         .serve(stream);
     session::run(ws, addr, encoding, hub, stop).await;
 }
 
-#[doc(hidden)]
-pub fn debug_sizes() -> String {
-    let hub = Hub::new(HubConfig::default());
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
-        let s = TcpStream::connect(addr).await.unwrap();
-        let adm = crate::admission::Admission::new(0, 0);
-        let t = adm.admit(addr.ip()).unwrap();
-        let f = serve_connection(
-            s,
-            addr,
-            t,
-            hub.clone(),
-            Arc::new(Config::default()),
-            CancellationToken::new(),
-        );
-        let s2 = TcpStream::connect(addr).await.unwrap();
-        let ws = ServerBuilder::new().serve(s2);
-        let sess = session::run(
-            ws,
-            addr,
-            crate::protocol::Encoding::Text,
-            hub.clone(),
-            CancellationToken::new(),
-        );
-        format!(
-            "serve_connection: {} session: {}",
-            std::mem::size_of_val(&f),
-            std::mem::size_of_val(&sess)
-        )
-    })
+/// Reads and answers the upgrade request; `None` if the connection did not
+/// become a WebSocket (already logged).
+async fn upgrade<S>(
+    mut stream: S,
+    config: &Config,
+    stop: &CancellationToken,
+) -> Option<(S, Encoding)>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let accepted = tokio::select! {
+        () = stop.cancelled() => return None,
+        accepted = tokio::time::timeout(config.handshake_timeout, handshake::accept(&mut stream, &config.policy)) => accepted,
+    };
+    match accepted {
+        Ok(Ok(accepted)) => {
+            info!(encoding = ?accepted.encoding, "connected");
+            Some((stream, accepted.encoding))
+        }
+        Ok(Err(e)) => {
+            info!(error = %e, "handshake failed");
+            None
+        }
+        Err(_) => {
+            info!(timeout = ?config.handshake_timeout, "handshake timed out");
+            None
+        }
+    }
 }

@@ -18,6 +18,7 @@
 //! A receiver that lags is told how many messages it missed and carries on;
 //! lagging never ends a session.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -43,20 +44,25 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Runs one session to its end. Never returns an error: whatever ends the
 /// session is logged here, in the connection's span, and touches no one else.
-pub async fn run<S>(
+///
+/// The session is built here, before the future exists, and moved into it
+/// once: an `async fn` would keep its arguments and the session built from
+/// them side by side for the connection's whole life.
+pub fn run<S>(
     ws: WebSocketStream<S>,
     addr: SocketAddr,
     encoding: Encoding,
     hub: Hub,
     shutdown: CancellationToken,
-) where
+) -> impl Future<Output = ()>
+where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let connected = hub.connect(addr);
     let mut session = Session {
         ws,
         encoding,
-        hub: hub.clone(),
+        hub,
         id: connected.id,
         rx: connected.joined.rx,
         direct: connected.direct,
@@ -66,11 +72,15 @@ pub async fn run<S>(
     // took the history snapshot together, so nothing is missed or doubled.
     session.reply(&connected.welcome);
     session.replay(&connected.joined.history);
-    let end = session.serve(&shutdown).await;
-    hub.disconnect(session.id, end.leave_reason().as_deref());
-    // Boxed: the closing handshake runs once, and inline its state would
-    // make every connection's task bigger for its whole life.
-    Box::pin(session.finish(end)).await;
+    async move {
+        let end = session.serve(&shutdown).await;
+        session
+            .hub
+            .disconnect(session.id, end.leave_reason().as_deref());
+        // Boxed: the closing handshake runs once, and inline its state would
+        // make every connection's task bigger for its whole life.
+        Box::pin(session.finish(end)).await;
+    }
 }
 
 /// Why a session's loop ended.
