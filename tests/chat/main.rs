@@ -7,4 +7,5 @@ mod support;
 mod core;
 mod door;
 mod features;
+mod guard;
 mod tls;
