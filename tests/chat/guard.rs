@@ -573,3 +573,159 @@ async fn a_flood_is_refused_then_cut_off_while_others_keep_their_latency() {
     assert!(max(&during) < Duration::from_millis(100), "{during:?}");
     server.shutdown().await;
 }
+
+/// Open file descriptors of this process (server and clients alike).
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
+}
+
+/// Resident memory of this process, in KiB.
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn alive_tasks() -> usize {
+    tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks()
+}
+
+/// Drops a TCP connection with a reset instead of a FIN.
+fn reset(tcp: &TcpStream) {
+    tcp.set_zero_linger().unwrap();
+}
+
+/// One connect/disconnect cycle, of a kind chosen by `i`.
+async fn cycle(server: &TestServer, i: usize) {
+    match i % 5 {
+        // A full client that vanishes with a reset.
+        0 => {
+            let client = Client::connect(server).await;
+            let tokio_websockets::MaybeTlsStream::Plain(tcp) = client.ws.get_ref();
+            reset(tcp);
+        }
+        // A client that leaves with /quit and waits for the close.
+        1 => {
+            let mut client = Client::connect(server).await;
+            client.send("/quit").await;
+            tokio::time::timeout(WAIT, async {
+                while let Some(Ok(_)) = client.ws.next().await {}
+            })
+            .await
+            .expect("no close after /quit");
+        }
+        // A client that closes with a Close frame.
+        2 => {
+            let mut client = Client::connect_raw(server, None).await;
+            let _ = tokio::time::timeout(WAIT, client.ws.close()).await;
+        }
+        // Half a handshake, then a reset.
+        3 => {
+            let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+            tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
+                .await
+                .unwrap();
+            reset(&tcp);
+        }
+        // Upgraded, a broken frame, gone at once without reading.
+        _ => {
+            let mut raw = Raw::connect(server).await;
+            raw.send(&frame_with(true, 0, TEXT, b"unmasked", false))
+                .await;
+            reset(&raw.tcp);
+        }
+    }
+}
+
+/// Runs `cycles` connect/disconnect cycles, 32 at a time, and checks that
+/// descriptors, tasks and memory come back to where they were.
+async fn churn(cycles: usize) {
+    const WORKERS: usize = 32;
+    let server = Arc::new(
+        TestServer::start_with(Config {
+            max_connections_per_ip: 0,
+            ..Config::default()
+        })
+        .await,
+    );
+    let run = |count: usize| {
+        let server = server.clone();
+        async move {
+            let mut workers = tokio::task::JoinSet::new();
+            for w in 0..WORKERS {
+                let server = server.clone();
+                workers.spawn(async move {
+                    for i in (w..count).step_by(WORKERS) {
+                        cycle(&server, i).await;
+                    }
+                });
+            }
+            while let Some(done) = workers.join_next().await {
+                done.unwrap();
+            }
+        }
+    };
+    // Until the server has no connection left: its tasks end a moment
+    // after the clients see the end, and nothing a client can observe marks
+    // that moment, so this polls (bounded).
+    let settle = |fds: usize, tasks: usize| async move {
+        let deadline = Instant::now() + WAIT;
+        while (open_fds() > fds || alive_tasks() > tasks) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let (fds0, tasks0) = (open_fds(), alive_tasks());
+    // Warm up: the allocator, the runtime's threads, the hub's room.
+    run(500).await;
+    settle(fds0, tasks0).await;
+    let rss0 = rss_kib();
+    let started = Instant::now();
+    run(cycles).await;
+    let took = started.elapsed();
+    let peak_rss = rss_kib();
+    settle(fds0, tasks0).await;
+    let (fds1, tasks1, rss1) = (open_fds(), alive_tasks(), rss_kib());
+    eprintln!(
+        "churn: {cycles} cycles in {took:?}; fds {fds0} -> {fds1}, tasks {tasks0} -> {tasks1}, \
+         RSS {rss0} KiB -> {rss1} KiB (at the end of the cycles {peak_rss} KiB)"
+    );
+    assert_eq!(fds1, fds0, "descriptors leaked");
+    assert_eq!(tasks1, tasks0, "tasks leaked");
+    assert!(
+        rss1 < rss0 + 16 * 1024,
+        "memory grew from {rss0} to {rss1} KiB"
+    );
+    // And the hub forgot every one of them.
+    let mut last = Client::connect_raw(&server, None).await;
+    let welcome = last.recv_text().await;
+    assert!(welcome.contains("; 1 online;"), "{welcome}");
+    drop(last);
+    Arc::into_inner(server).unwrap().shutdown().await;
+}
+
+/// 10,000 cycles take about a second in release and a few in a debug
+/// build, so they run with the rest. Descriptors and memory belong to the
+/// whole process, where other tests come and go, so the cycles run in a
+/// process of their own: this test binary again, running only
+/// [`churn_alone`].
+#[test]
+fn churn_of_10000_connections_with_resets_leaks_nothing() {
+    let exe = std::env::current_exe().unwrap();
+    let status = std::process::Command::new(exe)
+        .args(["--exact", "guard::churn_alone", "--ignored", "--nocapture"])
+        .args(["--test-threads", "1"])
+        .status()
+        .unwrap();
+    assert!(status.success(), "the churn run failed: {status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "run alone, in its own process, by churn_of_10000_connections_with_resets_leaks_nothing"]
+async fn churn_alone() {
+    churn(10_000).await;
+}
