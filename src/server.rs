@@ -25,13 +25,13 @@ use crate::admission::{
 use crate::handshake::{self, Policy, HANDSHAKE_TIMEOUT};
 use crate::hub::{Hub, HubConfig};
 use crate::protocol::Encoding;
-use crate::session;
+use crate::session::{self, SessionConfig};
 use crate::tls::{self, TLS_HANDSHAKE_TIMEOUT};
 
-/// Largest chat message a client may send, in bytes (a single frame or all
-/// fragments of one message together). Bigger ones end the connection with
-/// Close 1009.
-pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+/// Largest chat message a client may send by default, in bytes (a single
+/// frame or all fragments of one message together). Bigger ones end the
+/// connection with Close 1009. See [`SessionConfig::max_message_bytes`].
+pub const MAX_MESSAGE_BYTES: usize = session::DEFAULT_MAX_MESSAGE_BYTES;
 /// How long connections get to close after shutdown begins.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 /// First pause after a failed `accept`; doubles up to [`MAX_ACCEPT_BACKOFF`].
@@ -63,6 +63,9 @@ pub struct Config {
     pub max_connections_per_ip: usize,
     /// Which browser origins may connect and which token clients must show.
     pub policy: Policy,
+    /// What each connection may cost once it is a session: message size,
+    /// keepalive, rate limit.
+    pub session: SessionConfig,
 }
 
 impl Default for Config {
@@ -75,6 +78,7 @@ impl Default for Config {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
             policy: Policy::default(),
+            session: SessionConfig::default(),
         }
     }
 }
@@ -231,10 +235,10 @@ async fn upgrade_and_serve<S>(
     let Some((stream, encoding)) = Box::pin(upgrade(stream, config, &stop)).await else {
         return;
     };
-    let ws = ServerBuilder::new()
-        .limits(Limits::default().max_payload_len(Some(MAX_MESSAGE_BYTES)))
-        .serve(stream);
-    session::run(ws, addr, encoding, hub, stop).await;
+    // `None` is no limit.
+    let limits = Limits::default().max_payload_len(config.session.max_message_bytes);
+    let ws = ServerBuilder::new().limits(limits).serve(stream);
+    session::run(ws, addr, encoding, hub, &config.session, stop).await;
 }
 
 /// Reads and answers the upgrade request; `None` if the connection did not

@@ -3,29 +3,38 @@
 //!
 //! A session is one task running one loop. Each turn it waits for whichever
 //! comes first — a frame from the client, a message from its room or for it
-//! alone, or shutdown — handles it, and then writes: every reply it owes,
-//! then every room message already waiting in its receiver, all in one
-//! [`Outbox`] written with as few vectored writes as the socket allows. A
-//! busy connection therefore gets many frames per `writev`, which is where
-//! the fan-out's speed comes from.
+//! alone, the keepalive timer, or shutdown — handles it, and then writes:
+//! every reply it owes, then every room message already waiting in its
+//! receiver, all in one [`Outbox`] written with as few vectored writes as the
+//! socket allows. A busy connection therefore gets many frames per `writev`,
+//! which is where the fan-out's speed comes from.
 //!
-//! Reading, pings, pongs and closing go through tokio-websockets; data
-//! frames go through the outbox, straight to the stream underneath. The two
+//! Reading, pongs and closing go through tokio-websockets; data frames and
+//! pings go through the outbox, straight to the stream underneath. The two
 //! never interleave: the library's own queue (pongs) is flushed before the
-//! outbox is written, and the outbox is always empty when the library reads
-//! (it may write a pong then) or closes.
+//! outbox is written, and the outbox is empty whenever the library reads (it
+//! may write a pong then) or closes — except after a write was cut short, in
+//! which case no Close is sent into the middle of a frame.
 //!
 //! A receiver that lags is told how many messages it missed and carries on;
 //! lagging never ends a session.
+//!
+//! What a peer may cost is bounded here ([`SessionConfig`]): the size of a
+//! message, how long it may stay silent (keepalive pings), how fast it may
+//! send (a token bucket), and how much is queued for it (one turn: the next
+//! frame is read only once everything owed has been written, so a client
+//! that stops reading stops being read, and keepalive closes it).
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures_util::{SinkExt as _, StreamExt as _};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_websockets::{CloseCode, Message, WebSocketStream};
 use tracing::{debug, info};
@@ -41,6 +50,75 @@ use crate::protocol::{
 const MAX_BATCH: usize = 512;
 /// How long a closing handshake may take before the socket is dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// After closing a connection for a fault, at most this much of what the
+/// peer still sends is read and discarded, so that the Close frame is not
+/// lost to a TCP reset (closing a socket with unread input resets it).
+const LINGER_BYTES: usize = 1024 * 1024;
+
+/// A ping with no payload, as the server sends it (unmasked).
+const PING_FRAME: &[u8] = &[0x89, 0x00];
+
+/// Default largest message (one frame or a fragmented message, after
+/// reassembly); bigger ones end the connection with Close 1009.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024;
+/// Default time a client may stay silent before the server pings it.
+pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(25);
+/// Default time a pinged client has to show a sign of life (any frame)
+/// before it is closed with [`PING_TIMEOUT_CLOSE`].
+pub const DEFAULT_PING_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default messages per second a client may send, on average.
+pub const DEFAULT_RATE_LIMIT: u32 = 10;
+/// Default messages a client may send at once above the average.
+pub const DEFAULT_RATE_BURST: u32 = 20;
+/// Refused messages a sender may pile up before it is disconnected for
+/// flooding ([`CloseCode::POLICY_VIOLATION`]): this many in a burst...
+pub const FLOOD_REFUSALS: u32 = 50;
+/// ...refilled over this time, so "more than 50 refused in 10 s" ends it.
+pub const FLOOD_WINDOW: Duration = Duration::from_secs(10);
+/// Close code for a client that did not answer a ping in time: one of the
+/// codes RFC 6455 leaves to applications (4000-4999).
+pub const PING_TIMEOUT_CLOSE: u16 = 4000;
+
+/// What one connection may cost. `None` means no limit.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// Largest message, in bytes (reassembled, for fragmented ones).
+    pub max_message_bytes: Option<usize>,
+    /// Silence after which the server pings; `None`: no pings at all (and
+    /// so no ping timeout either).
+    pub ping_interval: Option<Duration>,
+    /// Time a pinged client has to send any frame; `None`: pinged clients
+    /// are never closed for silence. This also bounds how long a write to
+    /// a client that does not read may block.
+    pub ping_timeout: Option<Duration>,
+    /// Messages (chat lines, commands other than `/quit`, binary frames)
+    /// a client may send; `None`: no rate limit.
+    pub rate: Option<Rate>,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            max_message_bytes: Some(DEFAULT_MAX_MESSAGE_BYTES),
+            ping_interval: Some(DEFAULT_PING_INTERVAL),
+            ping_timeout: Some(DEFAULT_PING_TIMEOUT),
+            rate: Some(Rate {
+                per_second: DEFAULT_RATE_LIMIT,
+                burst: DEFAULT_RATE_BURST,
+            }),
+        }
+    }
+}
+
+/// A token bucket's settings: `burst` messages at once, refilled at
+/// `per_second`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    /// Average messages per second (at least 1).
+    pub per_second: u32,
+    /// Messages that may be sent at once (at least 1).
+    pub burst: u32,
+}
 
 /// Runs one session to its end. Never returns an error: whatever ends the
 /// session is logged here, in the connection's span, and touches no one else.
@@ -53,12 +131,14 @@ pub fn run<S>(
     addr: SocketAddr,
     encoding: Encoding,
     hub: Hub,
+    config: &SessionConfig,
     shutdown: CancellationToken,
 ) -> impl Future<Output = ()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let connected = hub.connect(addr);
+    let now = Instant::now();
     let mut session = Session {
         ws,
         encoding,
@@ -67,13 +147,17 @@ where
         rx: connected.joined.rx,
         direct: connected.direct,
         outbox: Outbox::new(),
+        limiter: config.rate.map(|rate| Limiter::new(rate, now)),
     };
     // Welcome, then history, then live lines: the hub subscribed us and
     // took the history snapshot together, so nothing is missed or doubled.
     session.reply(&connected.welcome);
     session.replay(&connected.joined.history);
+    let keepalive = config
+        .ping_interval
+        .map(|interval| Keepalive::new(interval, config.ping_timeout, now));
     async move {
-        let end = session.serve(&shutdown).await;
+        let end = session.serve(&shutdown, keepalive).await;
         session
             .hub
             .disconnect(session.id, end.leave_reason().as_deref());
@@ -94,8 +178,13 @@ enum End {
     Quit(Option<String>),
     /// The connection ended without a Close frame.
     Gone,
-    /// A protocol or I/O error.
+    /// A protocol or I/O error, or a message over the size limit.
     Failed(tokio_websockets::Error),
+    /// No sign of life within the ping timeout; `writing` if a write was
+    /// blocked that long (the client stopped reading).
+    TimedOut { writing: bool },
+    /// Kept sending over the rate limit after being told to slow down.
+    Flooded,
 }
 
 impl End {
@@ -105,7 +194,13 @@ impl End {
             End::Quit(reason) => Some(reason.clone().unwrap_or_else(|| "quit".into())),
             End::ClosedByClient(_) => None,
             End::Shutdown => Some("server shutting down".into()),
+            End::Failed(tokio_websockets::Error::PayloadTooLong { .. }) => {
+                Some("message too big".into())
+            }
+            End::Failed(tokio_websockets::Error::Protocol(_)) => Some("protocol error".into()),
             End::Gone | End::Failed(_) => Some("connection lost".into()),
+            End::TimedOut { .. } => Some("ping timeout".into()),
+            End::Flooded => Some("flooding".into()),
         }
     }
 }
@@ -118,33 +213,91 @@ struct Session<S> {
     rx: tokio::sync::broadcast::Receiver<Shared>,
     /// Events addressed to this member alone (private messages).
     direct: mpsc::Receiver<Shared>,
-    /// Frames waiting to be written: replies and room messages in the
-    /// order they are owed.
+    /// Frames waiting to be written: replies, pings and room messages in
+    /// the order they are owed.
     outbox: Outbox,
+    /// The rate limit, if any.
+    limiter: Option<Limiter>,
 }
 
 impl<S> Session<S>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    async fn serve(&mut self, shutdown: &CancellationToken) -> End {
+    async fn serve(
+        &mut self,
+        shutdown: &CancellationToken,
+        mut keepalive: Option<Keepalive>,
+    ) -> End {
+        // One timer for the whole session, re-armed lazily: a frame from
+        // the client only records the time, and the timer, when it fires,
+        // works out whether to ping, wait longer or give up.
+        let timer = tokio::time::sleep_until(
+            keepalive
+                .as_ref()
+                .map_or_else(far_future, Keepalive::next_wake),
+        );
+        tokio::pin!(timer);
         loop {
             // Write first: what the last step produced (and the welcome, on
             // the first turn). Writing can block on a client that does not
-            // read; shutdown must still get through.
-            tokio::select! {
-                biased;
-                () = shutdown.cancelled() => return End::Shutdown,
-                written = self.write_ready() => {
-                    if let Err(e) = written {
-                        return End::Failed(e);
+            // read; shutdown must still get through, and keepalive bounds
+            // how long it may block.
+            {
+                let write = self.write_ready();
+                tokio::pin!(write);
+                let mut rearm = false;
+                loop {
+                    tokio::select! {
+                        biased;
+                        () = shutdown.cancelled() => return End::Shutdown,
+                        written = &mut write => match written {
+                            Ok(()) => break,
+                            Err(e) => return End::Failed(e),
+                        },
+                        () = &mut timer, if keepalive.is_some() => {
+                            // A ping cannot overtake what is already being
+                            // written; only the deadline matters here.
+                            let deadline = keepalive.as_ref().and_then(Keepalive::write_deadline);
+                            match deadline {
+                                Some(d) if d <= Instant::now() => {
+                                    return End::TimedOut { writing: true };
+                                }
+                                Some(d) => timer.as_mut().reset(d),
+                                None => timer.as_mut().reset(far_future()),
+                            }
+                            rearm = true;
+                        }
                     }
+                }
+                if let (true, Some(k)) = (rearm, &keepalive) {
+                    timer.as_mut().reset(k.next_wake());
                 }
             }
             let step = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => Err(End::Shutdown),
-                incoming = self.ws.next() => self.on_frame(incoming),
+                incoming = self.ws.next() => {
+                    if let Some(k) = &mut keepalive {
+                        k.seen(Instant::now());
+                    }
+                    self.on_frame(incoming)
+                }
+                () = &mut timer, if keepalive.is_some() => {
+                    match keepalive.as_mut().map(|k| k.on_timer(Instant::now())) {
+                        Some(Tick::Wait(until)) => {
+                            timer.as_mut().reset(until);
+                            Ok(())
+                        }
+                        Some(Tick::Ping(next)) => {
+                            self.outbox.push(Bytes::from_static(PING_FRAME));
+                            timer.as_mut().reset(next);
+                            Ok(())
+                        }
+                        Some(Tick::Dead) => Err(End::TimedOut { writing: false }),
+                        None => Ok(()),
+                    }
+                }
                 received = self.rx.recv() => {
                     self.on_room_message(received);
                     Ok(())
@@ -170,6 +323,12 @@ where
             Some(Err(e)) => return Err(End::Failed(e)),
             Some(Ok(msg)) => msg,
         };
+        if msg.is_text() || msg.is_binary() {
+            let quit = msg.as_text().is_some_and(is_quit);
+            if !quit && !self.admit()? {
+                return Ok(());
+            }
+        }
         if let Some(text) = msg.as_text() {
             self.on_line(text)
         } else if let Some((code, reason)) = msg.as_close() {
@@ -184,6 +343,29 @@ where
         } else {
             // Ping and pong: tokio-websockets answers pings itself.
             Ok(())
+        }
+    }
+
+    /// Applies the rate limit to one message: `Ok(true)` to carry it out,
+    /// `Ok(false)` if it was refused (the sender is told), `Err` if the
+    /// sender keeps flooding.
+    fn admit(&mut self) -> Result<bool, End> {
+        let Some(limiter) = &mut self.limiter else {
+            return Ok(true);
+        };
+        match limiter.check(Instant::now()) {
+            Verdict::Pass => Ok(true),
+            Verdict::Refuse => {
+                let rate = limiter.rate;
+                self.reply(&Event::Error {
+                    message: format!(
+                        "slow down: at most {} messages a second (bursts of {}); this one was refused",
+                        rate.per_second, rate.burst
+                    ),
+                });
+                Ok(false)
+            }
+            Verdict::Flooding => Err(End::Flooded),
         }
     }
 
@@ -327,6 +509,40 @@ where
         .await;
     }
 
+    /// Queues a Close for a peer being closed for a fault, unless a write
+    /// to it was cut short mid-frame (a Close there would be garbage).
+    async fn queue_close(&mut self, code: Option<CloseCode>, reason: &str) {
+        if self.outbox.mid_frame() {
+            return;
+        }
+        let close = Message::close(code, reason);
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.ws.feed(close)).await;
+    }
+
+    /// Delivers a queued Close to a peer being closed for a fault: flushes
+    /// it, ends our side of the TCP stream, and reads and discards what the
+    /// peer still sends (up to [`LINGER_BYTES`]) until it closes its side,
+    /// all within [`CLOSE_TIMEOUT`]. Dropping a socket with unread input
+    /// would reset it, and a reset can destroy the Close before the peer
+    /// reads it.
+    async fn linger(&mut self) {
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+            self.ws.flush().await.map_err(std::io::Error::other)?;
+            let io = self.ws.get_mut();
+            io.shutdown().await?;
+            let mut scratch = [0u8; 4096];
+            let mut discarded = 0;
+            while discarded < LINGER_BYTES {
+                match io.read(&mut scratch).await? {
+                    0 => break,
+                    n => discarded += n,
+                }
+            }
+            Ok::<(), std::io::Error>(())
+        })
+        .await;
+    }
+
     /// Ends the connection politely where the peer can still hear it, and
     /// logs why it ended.
     async fn finish(mut self, end: End) {
@@ -352,14 +568,212 @@ where
                 let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.ws.next()).await;
             }
             End::Gone => info!("connection dropped without a Close frame"),
+            End::Failed(tokio_websockets::Error::Io(e)) => info!(error = %e, "connection failed"),
             End::Failed(e) => {
-                info!(error = %e, "connection failed");
-                // For protocol errors tokio-websockets has queued a Close with
-                // the right code; try to deliver it.
-                let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.ws.flush()).await;
+                info!(error = %e, "closing: the client broke the protocol");
+                // For protocol errors and single oversized frames
+                // tokio-websockets has queued a Close with the right code
+                // (1002, 1007, 1009). For a fragmented message over the limit
+                // it has not: send 1009 ourselves (when a Close is already
+                // queued, this is refused and changes nothing).
+                if matches!(e, tokio_websockets::Error::PayloadTooLong { .. }) {
+                    self.queue_close(Some(CloseCode::MESSAGE_TOO_BIG), "message too big")
+                        .await;
+                }
+                self.linger().await;
+            }
+            End::TimedOut { writing } => {
+                if writing {
+                    info!("closing: ping timeout (the client stopped reading)");
+                } else {
+                    info!("closing: ping timeout (no answer)");
+                }
+                // The client is probably not reading; try briefly.
+                self.queue_close(close_code(PING_TIMEOUT_CLOSE), "ping timeout")
+                    .await;
+                self.linger().await;
+            }
+            End::Flooded => {
+                info!("closing: flooding over the rate limit");
+                self.queue_close(
+                    Some(CloseCode::POLICY_VIOLATION),
+                    "flooding: too many messages over the rate limit",
+                )
+                .await;
+                self.linger().await;
             }
         }
         debug!("session ended");
+    }
+}
+
+/// Whether a text message is `/quit` (which the rate limit lets through, so
+/// a limited client can always leave politely).
+fn is_quit(text: &str) -> bool {
+    matches!(parse_input(text), Input::Command { name, .. } if name.eq_ignore_ascii_case("quit"))
+}
+
+/// A close code from a number in the valid ranges.
+fn close_code(code: u16) -> Option<CloseCode> {
+    CloseCode::try_from(code).ok()
+}
+
+/// A time the timer can wait for that never comes in practice.
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(86_400 * 365)
+}
+
+/// When to ping a client and when to give up on it.
+///
+/// Any frame from the client counts as a sign of life, not only a pong: a
+/// client that is talking is alive, and it is not pinged while it talks.
+/// After `interval` of silence the client is pinged; if nothing at all
+/// arrives within `timeout` of the ping, it is closed. While the session
+/// is blocked writing to the client, nothing is read, so a client that
+/// stops reading is closed `interval + timeout` after its last frame.
+#[derive(Debug)]
+struct Keepalive {
+    interval: Duration,
+    timeout: Option<Duration>,
+    last_seen: Instant,
+    ping_sent: Option<Instant>,
+}
+
+/// What the keepalive timer says when it fires.
+#[derive(Debug, PartialEq, Eq)]
+enum Tick {
+    /// Nothing due yet; wake again then.
+    Wait(Instant),
+    /// Send a ping now; wake again then.
+    Ping(Instant),
+    /// The client missed its deadline.
+    Dead,
+}
+
+impl Keepalive {
+    fn new(interval: Duration, timeout: Option<Duration>, now: Instant) -> Self {
+        Keepalive {
+            interval,
+            timeout,
+            last_seen: now,
+            ping_sent: None,
+        }
+    }
+
+    /// A frame arrived.
+    fn seen(&mut self, now: Instant) {
+        self.last_seen = now;
+        self.ping_sent = None;
+    }
+
+    /// When something may next be due.
+    fn next_wake(&self) -> Instant {
+        match self.ping_sent {
+            None => self.last_seen + self.interval,
+            Some(sent) => sent + self.timeout.unwrap_or(self.interval),
+        }
+    }
+
+    /// By when a write must have finished: the moment the client would be
+    /// closed had it been pinged on time. `None` without a timeout.
+    fn write_deadline(&self) -> Option<Instant> {
+        let timeout = self.timeout?;
+        Some(match self.ping_sent {
+            Some(sent) => sent + timeout,
+            None => self.last_seen + self.interval + timeout,
+        })
+    }
+
+    fn on_timer(&mut self, now: Instant) -> Tick {
+        let due = self.next_wake();
+        if now < due {
+            return Tick::Wait(due);
+        }
+        match (self.ping_sent, self.timeout) {
+            (Some(_), Some(_)) => Tick::Dead,
+            // Not yet pinged, or no timeout: (re)ping.
+            _ => {
+                self.ping_sent = Some(now);
+                Tick::Ping(self.next_wake())
+            }
+        }
+    }
+}
+
+/// A token bucket: holds up to `burst` tokens, refilled continuously at
+/// `per_second`; each message takes one.
+#[derive(Debug)]
+struct TokenBucket {
+    per_second: f64,
+    burst: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    fn new(per_second: f64, burst: f64, now: Instant) -> Self {
+        TokenBucket {
+            per_second,
+            burst,
+            tokens: burst,
+            last: now,
+        }
+    }
+
+    /// Takes a token if there is one.
+    fn take(&mut self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.per_second).min(self.burst);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// A connection's rate limit: one bucket for messages, and one for refused
+/// messages, so that a sender who keeps going after being told to slow
+/// down is disconnected.
+#[derive(Debug)]
+struct Limiter {
+    rate: Rate,
+    messages: TokenBucket,
+    refusals: TokenBucket,
+}
+
+/// What the rate limit says about one message.
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    Pass,
+    Refuse,
+    Flooding,
+}
+
+impl Limiter {
+    fn new(rate: Rate, now: Instant) -> Self {
+        let refusals = f64::from(FLOOD_REFUSALS);
+        Limiter {
+            rate,
+            messages: TokenBucket::new(
+                f64::from(rate.per_second.max(1)),
+                f64::from(rate.burst.max(1)),
+                now,
+            ),
+            refusals: TokenBucket::new(refusals / FLOOD_WINDOW.as_secs_f64(), refusals, now),
+        }
+    }
+
+    fn check(&mut self, now: Instant) -> Verdict {
+        if self.messages.take(now) {
+            Verdict::Pass
+        } else if self.refusals.take(now) {
+            Verdict::Refuse
+        } else {
+            Verdict::Flooding
+        }
     }
 }
 
@@ -381,6 +795,72 @@ const HELP: &[&str] = &[
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn keepalive_pings_after_silence_then_gives_up() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let mut k = Keepalive::new(s(25), Some(s(10)), t0);
+        assert_eq!(k.on_timer(t0 + s(1)), Tick::Wait(t0 + s(25)));
+        // Any frame pushes the ping back.
+        k.seen(t0 + s(20));
+        assert_eq!(k.on_timer(t0 + s(25)), Tick::Wait(t0 + s(45)));
+        assert_eq!(k.on_timer(t0 + s(45)), Tick::Ping(t0 + s(55)));
+        assert_eq!(k.write_deadline(), Some(t0 + s(55)));
+        assert_eq!(k.on_timer(t0 + s(50)), Tick::Wait(t0 + s(55)));
+        assert_eq!(k.on_timer(t0 + s(55)), Tick::Dead);
+        // An answer in time resets everything.
+        k.seen(t0 + s(54));
+        assert_eq!(k.on_timer(t0 + s(55)), Tick::Wait(t0 + s(79)));
+        assert_eq!(k.write_deadline(), Some(t0 + s(89)));
+    }
+
+    #[test]
+    fn keepalive_without_timeout_pings_forever() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let mut k = Keepalive::new(s(25), None, t0);
+        assert_eq!(k.on_timer(t0 + s(25)), Tick::Ping(t0 + s(50)));
+        assert_eq!(k.on_timer(t0 + s(50)), Tick::Ping(t0 + s(75)));
+        assert_eq!(k.write_deadline(), None);
+    }
+
+    #[test]
+    fn the_limiter_allows_bursts_refuses_then_cuts_off_flooders() {
+        let t0 = Instant::now();
+        let rate = Rate {
+            per_second: 10,
+            burst: 20,
+        };
+        let mut l = Limiter::new(rate, t0);
+        for _ in 0..20 {
+            assert_eq!(l.check(t0), Verdict::Pass);
+        }
+        for _ in 0..FLOOD_REFUSALS {
+            assert_eq!(l.check(t0), Verdict::Refuse);
+        }
+        assert_eq!(l.check(t0), Verdict::Flooding);
+
+        // A steady sender at the limit is never refused.
+        let mut l = Limiter::new(rate, t0);
+        for i in 0..1000 {
+            assert_eq!(l.check(t0 + Duration::from_millis(100 * i)), Verdict::Pass);
+        }
+        // One a little over the limit is refused now and then, but refusals
+        // refill too: it is never cut off.
+        let mut l = Limiter::new(rate, t0);
+        let mut refused = 0;
+        for i in 0..1200 {
+            match l.check(t0 + Duration::from_millis(83 * i)) {
+                Verdict::Pass => {}
+                Verdict::Refuse => refused += 1,
+                Verdict::Flooding => panic!("cut off after {i}"),
+            }
+        }
+        assert!(refused > 0);
+    }
+
     #[test]
     fn help_lists_every_handled_command() {
         for cmd in [

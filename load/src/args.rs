@@ -95,6 +95,17 @@ pub struct Args {
     /// A closed-loop sender gives up when none of its echoes arrives for this many seconds.
     #[arg(long = "stall-timeout", default_value_t = 5.0)]
     pub stall_timeout: f64,
+
+    /// Extra clients, besides --clients, that read slowly or not at all (see
+    /// --slow-read-interval). They are not checked or measured; the point is
+    /// whether the other clients notice them.
+    #[arg(long = "slow-clients", default_value_t = 0)]
+    pub slow_clients: usize,
+
+    /// Milliseconds a slow client waits between reading two frames; 0: it
+    /// never reads at all.
+    #[arg(long = "slow-read-interval", default_value_t = 0)]
+    pub slow_read_interval_ms: u64,
 }
 
 /// Where to connect, resolved from the URL once.

@@ -89,6 +89,10 @@ pub struct Report {
     pub server_rss_kib_before: Option<u64>,
     pub server_rss_kib_connected: Option<u64>,
     pub server_rss_kib_end: Option<u64>,
+    /// Highest server RSS seen during the measured run (sampled).
+    pub server_rss_kib_peak: Option<u64>,
+    /// Extra clients that read slowly or not at all, and what became of them.
+    pub slow_clients: Option<SlowClients>,
     /// (RSS connected - RSS before) / clients, in bytes.
     pub server_rss_bytes_per_connection: Option<f64>,
 }
@@ -103,6 +107,18 @@ pub struct RunInput<'a> {
     pub latency_us: &'a Histogram<u64>,
     pub load_cpu_seconds: Option<f64>,
     pub wall: f64,
+}
+
+/// What the slow clients did.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct SlowClients {
+    pub count: usize,
+    /// Milliseconds between two reads; 0: never read.
+    pub read_interval_ms: u64,
+    /// Frames they read in all.
+    pub frames_read: u64,
+    /// How many the server closed (seen only by those that read).
+    pub closed_by_server: usize,
 }
 
 const MAX_REASONS: usize = 5;
@@ -297,6 +313,20 @@ impl Report {
         for s in &self.senders_stopped {
             t.row("sender stopped", s);
         }
+        if let Some(s) = &self.slow_clients {
+            let how = if s.read_interval_ms == 0 {
+                "never reading".to_string()
+            } else {
+                format!("reading one frame every {} ms", s.read_interval_ms)
+            };
+            t.row(
+                "slow clients",
+                &format!(
+                    "{} ({how}): {} frames read, {} closed by the server",
+                    s.count, s.frames_read, s.closed_by_server
+                ),
+            );
+        }
         if let Some(pid) = self.server_pid {
             t.row("server pid", &pid.to_string());
             if let (Some(c), Some(per)) = (self.server_cpu_seconds, self.server_cpu_us_per_delivery)
@@ -308,10 +338,11 @@ impl Report {
             t.row(
                 "server RSS",
                 &format!(
-                    "before {}, connected {}, end {}",
+                    "before {}, connected {}, end {}, peak {}",
                     kib(self.server_rss_kib_before),
                     kib(self.server_rss_kib_connected),
-                    kib(self.server_rss_kib_end)
+                    kib(self.server_rss_kib_end),
+                    kib(self.server_rss_kib_peak)
                 ),
             );
             if let Some(b) = self.server_rss_bytes_per_connection {

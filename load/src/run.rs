@@ -87,6 +87,20 @@ pub async fn run(args: &Args) -> Result<Report> {
     )
     .await?;
     report.set_connect(connected.seconds, &connected.latency_us);
+    let slow = if args.slow_clients > 0 {
+        progress.note(&format!("connecting {} slow clients", args.slow_clients));
+        connect::connect_all(
+            &target,
+            args.slow_clients,
+            &sources,
+            args.connect_concurrency,
+            secs(args.connect_timeout),
+        )
+        .await?
+        .clients
+    } else {
+        Vec::new()
+    };
 
     let runid = make_runid();
     let senders = if args.is_idle() { 0 } else { args.senders };
@@ -111,6 +125,20 @@ pub async fn run(args: &Args) -> Result<Report> {
         .collect();
 
     let cancel = CancellationToken::new();
+    let slow_stats = Arc::new(SlowStats::default());
+    let slow_interval =
+        (args.slow_read_interval_ms > 0).then(|| Duration::from_millis(args.slow_read_interval_ms));
+    let slow_tasks: Vec<JoinHandle<()>> = slow
+        .into_iter()
+        .map(|ws| {
+            tokio::spawn(slow_reader(
+                ws,
+                slow_interval,
+                slow_stats.clone(),
+                cancel.clone(),
+            ))
+        })
+        .collect();
     let mut sinks: Vec<Sink> = Vec::with_capacity(args.clients);
     let mut readers: Vec<JoinHandle<ReaderEnd>> = Vec::with_capacity(args.clients);
     for (i, ws) in connected.clients.into_iter().enumerate() {
@@ -182,9 +210,16 @@ pub async fn run(args: &Args) -> Result<Report> {
 
     let total_msgs = senders as u64 * u64::from(args.messages);
     let clients = args.clients as u64;
+    let mut peak = report.server_rss_kib_connected;
+    let sample = |peak: &mut Option<u64>| {
+        if let Some(now) = rss(server) {
+            *peak = Some(peak.map_or(now, |p| p.max(now)));
+        }
+    };
     while shared.senders_done.load(Relaxed) < senders {
         tokio::time::sleep(Duration::from_millis(20)).await;
         progress.tick(&shared, total_msgs, clients, t0);
+        sample(&mut peak);
     }
     let mut sent_per_sender = Vec::with_capacity(senders);
     for (id, task) in sender_tasks.into_iter().enumerate() {
@@ -214,8 +249,10 @@ pub async fn run(args: &Args) -> Result<Report> {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
         progress.tick(&shared, total_msgs, clients, t0);
+        sample(&mut peak);
     }
     progress.done();
+    report.server_rss_kib_peak = peak;
 
     let cpu1 = server.map(proc_stats::cpu_seconds).transpose()?;
     let own_cpu1 = proc_stats::own_cpu_seconds().ok();
@@ -232,6 +269,17 @@ pub async fn run(args: &Args) -> Result<Report> {
         logs.push(end.log);
     }
     drop(sinks);
+    for t in slow_tasks {
+        let _ = t.await;
+    }
+    if args.slow_clients > 0 {
+        report.slow_clients = Some(report::SlowClients {
+            count: args.slow_clients,
+            read_interval_ms: args.slow_read_interval_ms,
+            frames_read: slow_stats.frames.load(Relaxed),
+            closed_by_server: slow_stats.closed.load(Relaxed),
+        });
+    }
 
     let counts = verify::tally(&logs, &sent_per_sender);
     // Throughput over the span that actually carried deliveries.
@@ -407,6 +455,48 @@ fn flush_latencies(shared: &Shared, pending: &mut Vec<u64>) {
         }
     }
     pending.clear();
+}
+
+/// What the slow clients did, summed.
+#[derive(Default)]
+struct SlowStats {
+    frames: AtomicU64,
+    closed: AtomicUsize,
+}
+
+/// A client that reads one frame per `interval`, or never (`None`), until
+/// the run ends. It holds its connection open either way.
+async fn slow_reader(
+    mut ws: Ws,
+    interval: Option<Duration>,
+    stats: Arc<SlowStats>,
+    cancel: CancellationToken,
+) {
+    let Some(interval) = interval else {
+        cancel.cancelled().await;
+        return;
+    };
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(interval) => {}
+        }
+        let item = tokio::select! {
+            () = cancel.cancelled() => return,
+            item = ws.next() => item,
+        };
+        match item {
+            Some(Ok(msg)) if !msg.is_close() => {
+                stats.frames.fetch_add(1, Relaxed);
+            }
+            _ => {
+                stats.closed.fetch_add(1, Relaxed);
+                // Keep the socket until the end, as the others do.
+                cancel.cancelled().await;
+                return;
+            }
+        }
+    }
 }
 
 /// Closed loop: send as soon as the window has room; stop when no echo comes

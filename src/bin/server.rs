@@ -12,6 +12,10 @@ use chat::hub::{
     DEFAULT_PRESENCE_LIMIT,
 };
 use chat::server::{self, Config};
+use chat::session::{
+    Rate, SessionConfig, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_PING_INTERVAL, DEFAULT_PING_TIMEOUT,
+    DEFAULT_RATE_BURST, DEFAULT_RATE_LIMIT,
+};
 use chat::tls::{self, TLS_HANDSHAKE_TIMEOUT};
 use clap::builder::TypedValueParser as _;
 use clap::Parser;
@@ -83,6 +87,33 @@ struct Args {
     /// answer (0: no limit).
     #[arg(long, value_name = "SECONDS", default_value_t = HANDSHAKE_TIMEOUT.as_secs())]
     handshake_timeout: u64,
+    /// Largest message a client may send, in bytes (a fragmented message
+    /// counts whole); bigger ones end the connection with Close 1009
+    /// (0: no limit).
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_MESSAGE_BYTES)]
+    max_message_bytes: usize,
+    /// Seconds a client may stay silent before the server pings it (0: no
+    /// pings, and so no ping timeout).
+    #[arg(long, value_name = "SECONDS", default_value_t = DEFAULT_PING_INTERVAL.as_secs())]
+    ping_interval: u64,
+    /// Seconds a pinged client has to send anything before it is closed
+    /// (Close 4000); also how long a write to a client that does not read
+    /// may block, after the ping interval (0: no limit).
+    #[arg(long, value_name = "SECONDS", default_value_t = DEFAULT_PING_TIMEOUT.as_secs())]
+    ping_timeout: u64,
+    /// Messages per second a client may send on average (commands count,
+    /// /quit does not); more are refused with a notice, and a client that
+    /// keeps flooding is closed with 1008 (0: no limit).
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_RATE_LIMIT)]
+    rate_limit: u32,
+    /// Messages a client may send at once, above --rate-limit.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_RATE_BURST, value_parser = clap::value_parser!(u32).range(1..))]
+    rate_burst: u32,
+}
+
+/// A limit flag's value: 0 means no limit.
+fn limit<T: Default + PartialEq>(value: T) -> Option<T> {
+    (value != T::default()).then_some(value)
 }
 
 /// A timeout flag's value: 0 means no limit.
@@ -142,6 +173,15 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         policy: Policy {
             allowed_origins: args.allowed_origins,
             token: args.token.map(Token::new),
+        },
+        session: SessionConfig {
+            max_message_bytes: limit(args.max_message_bytes),
+            ping_interval: limit(args.ping_interval).map(Duration::from_secs),
+            ping_timeout: limit(args.ping_timeout).map(Duration::from_secs),
+            rate: limit(args.rate_limit).map(|per_second| Rate {
+                per_second,
+                burst: args.rate_burst,
+            }),
         },
         ..Config::default()
     };

@@ -11,7 +11,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio_websockets::{CloseCode, Message};
 
-use crate::support::{Client, TestServer, WAIT};
+use crate::support::{unlimited_rate, Client, TestServer, WAIT};
 
 #[tokio::test]
 async fn a_message_reaches_everyone_in_the_same_order() {
@@ -74,7 +74,8 @@ async fn a_lagging_receiver_is_told_what_it_missed_and_keeps_receiving() {
             channel_capacity: 16,
             ..HubConfig::default()
         },
-        ..Config::default()
+        // A burst of 300 messages.
+        ..unlimited_rate()
     })
     .await;
     let mut sender = Client::connect(&server).await;
@@ -132,10 +133,11 @@ async fn heavy_load_loses_nothing() {
     const SENDERS: usize = 10;
     const IN_FLIGHT: usize = 4;
     const PER_SENDER: usize = 40;
-    // All clients come from 127.0.0.1: lift the per-address cap.
+    // All clients come from 127.0.0.1: lift the per-address cap, and the
+    // rate limit for the senders.
     let server = TestServer::start_with(Config {
         max_connections_per_ip: 0,
-        ..Config::default()
+        ..unlimited_rate()
     })
     .await;
     let mut clients = Vec::new();

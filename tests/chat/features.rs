@@ -4,7 +4,7 @@ use futures_util::StreamExt as _;
 use serde_json::Value;
 use tokio_websockets::CloseCode;
 
-use crate::support::{Client, TestServer, WAIT};
+use crate::support::{unlimited_rate, Client, TestServer, WAIT};
 
 /// Connects a JSON client and reads up to its own join event; returns the
 /// client and its welcome.
@@ -225,7 +225,8 @@ async fn leave_notices_for_quit_and_abrupt_disconnects() {
 
 #[tokio::test]
 async fn history_is_replayed_before_live_lines_with_the_same_numbers() {
-    let server = TestServer::start().await;
+    // 25 messages at once: more than the rate limit's burst.
+    let server = TestServer::start_with(unlimited_rate()).await;
     let (mut a, _) = connect_json(&server).await;
     for i in 1..=25 {
         a.send(&format!("m{i}")).await;

@@ -8,4 +8,5 @@ mod client;
 mod core;
 mod door;
 mod features;
+mod guard;
 mod tls;

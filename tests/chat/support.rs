@@ -18,6 +18,14 @@ pub const WAIT: Duration = Duration::from_secs(10);
 
 pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
+/// The default configuration without the per-connection rate limit, for
+/// tests that send more than a burst at once.
+pub fn unlimited_rate() -> Config {
+    let mut config = Config::default();
+    config.session.rate = None;
+    config
+}
+
 /// A server running in this process.
 pub struct TestServer {
     pub addr: SocketAddr,
@@ -124,13 +132,19 @@ impl Client {
             .to_string()
     }
 
-    /// The next frame of any kind.
+    /// The next frame other than a ping or pong (the client library
+    /// answers pings itself as it reads).
     pub async fn recv(&mut self) -> Message {
-        tokio::time::timeout(WAIT, self.ws.next())
-            .await
-            .expect("timed out waiting for a frame")
-            .expect("connection ended")
-            .expect("connection failed")
+        loop {
+            let msg = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("timed out waiting for a frame")
+                .expect("connection ended")
+                .expect("connection failed");
+            if !(msg.is_ping() || msg.is_pong()) {
+                return msg;
+            }
+        }
     }
 
     /// The next line that is not a presence notice (someone joining,
