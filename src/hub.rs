@@ -14,15 +14,15 @@
 //! receiver, and a member who subscribes and snapshots the history in one
 //! critical section sees every line exactly once. That publish path is the
 //! seam where a backplane shared by several servers can later sit: sessions
-//! call the hub and receive from a [`broadcast::Receiver`] and an
-//! [`mpsc::Receiver`], whoever fills them.
+//! call the hub and receive from a [`broadcast::Receiver`] and a
+//! [`Direct`] queue, whoever fills them.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::broadcast;
 
 pub use crate::outbox::Encoded;
 use crate::protocol::{
@@ -138,6 +138,50 @@ impl From<TextError> for HubError {
     }
 }
 
+/// Events for one member alone (private messages), waiting for its session.
+///
+/// A queue and a `Notify` rather than an `mpsc` channel: every connection
+/// has one and almost none is ever used, and a tokio channel costs most of
+/// a kilobyte per connection before its first message.
+#[derive(Debug, Default)]
+pub struct Direct {
+    queue: Mutex<VecDeque<Shared>>,
+    ready: tokio::sync::Notify,
+}
+
+impl Direct {
+    fn queue(&self) -> MutexGuard<'_, VecDeque<Shared>> {
+        self.queue
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Queues an event unless [`DIRECT_CAPACITY`] are already waiting.
+    fn push(&self, event: Shared) -> bool {
+        {
+            let mut queue = self.queue();
+            if queue.len() >= DIRECT_CAPACITY {
+                return false;
+            }
+            queue.push_back(event);
+        }
+        // Stores a permit if the session is not waiting right now, so a
+        // push between its check and its wait is not missed.
+        self.ready.notify_one();
+        true
+    }
+
+    /// Takes the oldest waiting event, if any.
+    pub fn pop(&self) -> Option<Shared> {
+        self.queue().pop_front()
+    }
+
+    /// Completes when an event may be waiting (check with [`Direct::pop`]).
+    pub async fn ready(&self) {
+        self.ready.notified().await;
+    }
+}
+
 /// A cheap, cloneable handle to the shared chat state.
 #[derive(Clone)]
 pub struct Hub {
@@ -165,7 +209,7 @@ struct Member {
     nick: Option<String>,
     room: String,
     /// Events for this member alone (private messages).
-    direct: mpsc::Sender<Shared>,
+    direct: Arc<Direct>,
 }
 
 /// The chat line a kept event carries (history holds only messages and
@@ -287,7 +331,7 @@ pub struct Connected {
     /// The default room.
     pub joined: Joined,
     /// Events addressed to this member alone.
-    pub direct: mpsc::Receiver<Shared>,
+    pub direct: Arc<Direct>,
 }
 
 /// The answer to [`Hub::resume`].
@@ -334,14 +378,14 @@ impl Hub {
         let mut state = self.state();
         state.next_id += 1;
         let id = MemberId(state.next_id);
-        let (direct_tx, direct_rx) = mpsc::channel(DIRECT_CAPACITY);
+        let direct = Arc::new(Direct::default());
         state.members.insert(
             id,
             Member {
                 addr,
                 nick: None,
                 room: DEFAULT_ROOM.to_string(),
-                direct: direct_tx,
+                direct: direct.clone(),
             },
         );
         let joined = self.enter(&mut state, id, DEFAULT_ROOM);
@@ -356,7 +400,7 @@ impl Hub {
             id,
             welcome,
             joined,
-            direct: direct_rx,
+            direct,
         }
     }
 
@@ -560,11 +604,10 @@ impl Hub {
         };
         // The sender's own copy comes back as the return value; sending to
         // oneself must not deliver twice.
-        if recipient.addr != sender.addr {
-            recipient
-                .direct
-                .try_send(Arc::new(Encoded::new(event.clone())))
-                .map_err(|_| HubError::RecipientBusy(to.to_string()))?;
+        if recipient.addr != sender.addr
+            && !recipient.direct.push(Arc::new(Encoded::new(event.clone())))
+        {
+            return Err(HubError::RecipientBusy(to.to_string()));
         }
         Ok(event)
     }
@@ -857,19 +900,19 @@ mod tests {
     fn private_messages_reach_only_the_recipient() {
         let hub = Hub::new(HubConfig::default());
         let a = hub.connect(addr(1));
-        let mut b = hub.connect(addr(2));
-        let mut c = hub.connect(addr(3));
+        let b = hub.connect(addr(2));
+        let c = hub.connect(addr(3));
         hub.set_nick(b.id, "bob").unwrap();
         let echo = hub.private(a.id, "BOB", "psst").unwrap();
         assert_eq!(
             echo.to_text(),
             "(private) 127.0.0.1:1 -> bob (127.0.0.1:2): psst"
         );
-        assert_eq!(text(&b.direct.try_recv().unwrap()), echo.to_text());
-        assert!(c.direct.try_recv().is_err());
+        assert_eq!(text(&b.direct.pop().unwrap()), echo.to_text());
+        assert!(c.direct.pop().is_none());
         // By address works too; unknown names are refused.
         hub.private(a.id, "127.0.0.1:3", "hi").unwrap();
-        assert!(c.direct.try_recv().is_ok());
+        assert!(c.direct.pop().is_some());
         assert_eq!(
             hub.private(a.id, "nobody", "x").unwrap_err(),
             HubError::NoSuchUser("nobody".into())

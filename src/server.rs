@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt as _;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::rustls::ServerConfig;
@@ -128,6 +129,7 @@ pub async fn run(
                             hub.clone(),
                             config.clone(),
                             stop.clone(),
+                            tasks.clone(),
                         );
                         tasks.spawn(conn.instrument(span));
                     }
@@ -178,8 +180,8 @@ async fn refuse(mut stream: TcpStream, why: Refused) {
     .await;
 }
 
-/// One connection from TCP accept to the end of its session. `ticket` holds
-/// its place inside the connection caps until the task ends.
+/// One connection from TCP accept to its upgrade. `ticket` holds its place
+/// inside the connection caps until the session ends.
 async fn serve_connection(
     stream: TcpStream,
     addr: SocketAddr,
@@ -187,58 +189,67 @@ async fn serve_connection(
     hub: Hub,
     config: Arc<Config>,
     stop: CancellationToken,
+    tasks: TaskTracker,
 ) {
     // Chat frames are small and latency matters more than packet count; the
     // session batches its writes itself.
     if let Err(e) = stream.set_nodelay(true) {
         debug!(error = %e, "could not set TCP_NODELAY");
     }
-    match &config.tls {
-        None => upgrade_and_serve(stream, addr, hub, &config, stop).await,
-        Some(tls_config) => {
-            let secured = tokio::select! {
-                () = stop.cancelled() => return,
-                // Boxed, like the session below: a TLS connection's state is
-                // large, and inline it would make every plain connection's
-                // task as big.
-                secured = tokio::time::timeout(
-                    config.tls_handshake_timeout,
-                    Box::pin(tls::accept(stream, tls_config.clone())),
-                ) => secured,
-            };
-            match secured {
-                Ok(Ok(stream)) => {
-                    Box::pin(upgrade_and_serve(stream, addr, hub, &config, stop)).await
-                }
-                Ok(Err(e)) => info!(error = %e, "TLS handshake failed"),
-                Err(_) => {
-                    info!(timeout = ?config.tls_handshake_timeout, "TLS handshake timed out");
-                }
-            }
+    let Some(tls_config) = config.tls.clone() else {
+        return upgrade_and_serve(stream, addr, ticket, hub, config, stop, tasks).await;
+    };
+    let secured = tokio::select! {
+        () = stop.cancelled() => return,
+        // Boxed: a TLS connection's state is large, and inline it would
+        // make every plain connection's handshake task as big.
+        secured = tokio::time::timeout(
+            config.tls_handshake_timeout,
+            Box::pin(tls::accept(stream, tls_config)),
+        ) => secured,
+    };
+    match secured {
+        Ok(Ok(stream)) => {
+            Box::pin(upgrade_and_serve(
+                stream, addr, ticket, hub, config, stop, tasks,
+            ))
+            .await
+        }
+        Ok(Err(e)) => info!(error = %e, "TLS handshake failed"),
+        Err(_) => {
+            info!(timeout = ?config.tls_handshake_timeout, "TLS handshake timed out");
         }
     }
-    drop(ticket);
 }
 
-/// The HTTP upgrade and then the session, over TCP or TLS alike.
+/// The HTTP upgrade, then the session in a task of its own, over TCP or TLS
+/// alike.
 async fn upgrade_and_serve<S>(
     stream: S,
     addr: SocketAddr,
+    ticket: Ticket,
     hub: Hub,
-    config: &Config,
+    config: Arc<Config>,
     stop: CancellationToken,
+    tasks: TaskTracker,
 ) where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    // Boxed: the handshake's buffers and timers are needed for a moment,
-    // and inline they would stay in the task for the session's whole life.
-    let Some((stream, encoding)) = Box::pin(upgrade(stream, config, &stop)).await else {
+    // Boxed: the handshake's buffers and timers are needed for a moment.
+    let Some((stream, encoding)) = Box::pin(upgrade(stream, &config, &stop)).await else {
         return;
     };
     // `None` is no limit.
     let limits = Limits::default().max_payload_len(config.session.max_message_bytes);
     let ws = ServerBuilder::new().limits(limits).serve(stream);
-    session::run(ws, addr, encoding, hub, &config.session, stop).await;
+    let session = session::run(ws, addr, encoding, hub, &config.session, stop);
+    // A task of its own, sized for the session alone: a connection lives
+    // for hours, and the handshake's task would carry everything the
+    // handshake needed for all that time.
+    // (`map`, not an `async` block, which would hold the session future
+    // twice: once captured, once being awaited.)
+    let session = session.map(move |()| drop(ticket));
+    tasks.spawn(session.instrument(tracing::Span::current()));
 }
 
 /// Reads and answers the upgrade request; `None` if the connection did not

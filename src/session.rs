@@ -31,15 +31,15 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{SinkExt as _, StreamExt as _};
+use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_websockets::{CloseCode, Message, WebSocketStream};
 use tracing::{debug, info};
 
-use crate::hub::{History, Hub, Joined, MemberId, Shared};
+use crate::hub::{Direct, History, Hub, Joined, MemberId, Shared};
 use crate::outbox::{text_frame, Outbox};
 use crate::protocol::{
     parse_command, parse_input, Command, Encoding, Event, Input, DEFAULT_HISTORY_REPLAY,
@@ -212,7 +212,7 @@ struct Session<S> {
     id: MemberId,
     rx: tokio::sync::broadcast::Receiver<Shared>,
     /// Events addressed to this member alone (private messages).
-    direct: mpsc::Receiver<Shared>,
+    direct: Arc<Direct>,
     /// Frames waiting to be written: replies, pings and room messages in
     /// the order they are owed.
     outbox: Outbox,
@@ -302,8 +302,8 @@ where
                     self.on_room_message(received);
                     Ok(())
                 }
-                Some(shared) = self.direct.recv() => {
-                    self.outbox.push_shared(shared, self.encoding);
+                () = self.direct.ready() => {
+                    // Taken in the write step that follows.
                     Ok(())
                 }
             };
@@ -469,7 +469,7 @@ where
     /// Moves up to `max` waiting room messages (and every private one) into
     /// the outbox.
     fn take_ready(&mut self, max: usize) {
-        while let Ok(shared) = self.direct.try_recv() {
+        while let Some(shared) = self.direct.pop() {
             self.outbox.push_shared(shared, self.encoding);
         }
         for _ in 0..max {
