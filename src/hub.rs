@@ -20,6 +20,7 @@
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::fmt;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::broadcast;
@@ -147,6 +148,8 @@ impl From<TextError> for HubError {
 pub struct Direct {
     queue: Mutex<VecDeque<Shared>>,
     ready: tokio::sync::Notify,
+    /// The server is shutting down: the session should close.
+    closing: AtomicBool,
 }
 
 impl Direct {
@@ -171,12 +174,24 @@ impl Direct {
         true
     }
 
+    /// Tells the session the server is shutting down.
+    fn close(&self) {
+        self.closing.store(true, Ordering::Release);
+        self.ready.notify_one();
+    }
+
+    /// Whether the server is shutting down.
+    pub fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::Acquire)
+    }
+
     /// Takes the oldest waiting event, if any.
     pub fn pop(&self) -> Option<Shared> {
         self.queue().pop_front()
     }
 
-    /// Completes when an event may be waiting (check with [`Direct::pop`]).
+    /// Completes when an event may be waiting (check with [`Direct::pop`])
+    /// or the server is shutting down ([`Direct::is_closing`]).
     pub async fn ready(&self) {
         self.ready.notified().await;
     }
@@ -192,6 +207,8 @@ struct Inner {
     config: HubConfig,
     /// Identifies this run of the server, for `/resume`.
     epoch: u64,
+    /// Set by [`Hub::shutdown`]; members joining after it are told at once.
+    closing: AtomicBool,
     state: Mutex<State>,
 }
 
@@ -351,6 +368,7 @@ impl Hub {
             inner: Arc::new(Inner {
                 config,
                 epoch: new_epoch(),
+                closing: AtomicBool::new(false),
                 state: Mutex::new(state),
             }),
         }
@@ -379,6 +397,9 @@ impl Hub {
         state.next_id += 1;
         let id = MemberId(state.next_id);
         let direct = Arc::new(Direct::default());
+        if self.inner.closing.load(Ordering::Acquire) {
+            direct.close();
+        }
         state.members.insert(
             id,
             Member {
@@ -707,6 +728,18 @@ impl Hub {
                 lines,
             },
             summary,
+        }
+    }
+
+    /// Tells every session, and every one that joins from now on, that the
+    /// server is shutting down.
+    pub fn shutdown(&self) {
+        let state = self.state();
+        // Set under the lock, so no `connect` can slip between the flag
+        // and the loop below.
+        self.inner.closing.store(true, Ordering::Release);
+        for member in state.members.values() {
+            member.direct.close();
         }
     }
 

@@ -180,6 +180,18 @@ impl Outbox {
         mut io: Pin<&mut W>,
     ) -> Poll<io::Result<()>> {
         while !self.queue.is_empty() {
+            // A single frame, the usual case on a quiet connection, needs
+            // no slice array.
+            if let (1, Some(frame)) = (self.queue.len(), self.queue.front()) {
+                let n = match io.as_mut().poll_write(cx, &frame.bytes()[self.written..]) {
+                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                    Poll::Ready(Ok(n)) => n,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => return Poll::Pending,
+                };
+                self.advance(n);
+                continue;
+            }
             let n = {
                 // The slices live only inside this poll, not in the
                 // future's state, so they cost no memory per connection.

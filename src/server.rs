@@ -154,6 +154,7 @@ pub async fn run(
 
     info!(connections = tasks.len(), "shutting down");
     drop(listener);
+    hub.shutdown();
     stop.cancel();
     tasks.close();
     if tokio::time::timeout(SHUTDOWN_GRACE, tasks.wait())
@@ -242,7 +243,8 @@ async fn upgrade_and_serve<S>(
     // `None` is no limit.
     let limits = Limits::default().max_payload_len(config.session.max_message_bytes);
     let ws = ServerBuilder::new().limits(limits).serve(stream);
-    let session = session::run(ws, addr, encoding, hub, &config.session, stop);
+    // Shutdown reaches the session through the hub (`Hub::shutdown`).
+    let session = session::run(ws, addr, encoding, hub, &config.session);
     // A task of its own, sized for the session alone: a connection lives
     // for hours, and the handshake's task would carry everything the
     // handshake needed for all that time.

@@ -35,7 +35,6 @@ use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 use tokio_websockets::{CloseCode, Message, WebSocketStream};
 use tracing::{debug, info};
 
@@ -132,7 +131,6 @@ pub fn run<S>(
     encoding: Encoding,
     hub: Hub,
     config: &SessionConfig,
-    shutdown: CancellationToken,
 ) -> impl Future<Output = ()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -157,7 +155,7 @@ where
         .ping_interval
         .map(|interval| Keepalive::new(interval, config.ping_timeout, now));
     async move {
-        let end = session.serve(&shutdown, keepalive).await;
+        let end = session.serve(keepalive).await;
         session
             .hub
             .disconnect(session.id, end.leave_reason().as_deref());
@@ -224,11 +222,7 @@ impl<S> Session<S>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    async fn serve(
-        &mut self,
-        shutdown: &CancellationToken,
-        mut keepalive: Option<Keepalive>,
-    ) -> End {
+    async fn serve(&mut self, mut keepalive: Option<Keepalive>) -> End {
         // One timer for the whole session, re-armed lazily: a frame from
         // the client only records the time, and the timer, when it fires,
         // works out whether to ping, wait longer or give up.
@@ -238,6 +232,14 @@ where
                 .map_or_else(far_future, Keepalive::next_wake),
         );
         tokio::pin!(timer);
+        // The member's own queue brings private messages and the news of
+        // shutdown. Its wait is registered once and re-armed only when it
+        // fires, rather than made anew at every turn (a lock each time).
+        let direct = self.direct.clone();
+        let direct_ready = direct.ready();
+        tokio::pin!(direct_ready);
+        // Set when the queue woke us mid-write: take it before waiting.
+        let mut direct_waiting = false;
         loop {
             // Write first: what the last step produced (and the welcome, on
             // the first turn). Writing can block on a client that does not
@@ -250,7 +252,13 @@ where
                 loop {
                     tokio::select! {
                         biased;
-                        () = shutdown.cancelled() => return End::Shutdown,
+                        () = &mut direct_ready => {
+                            if direct.is_closing() {
+                                return End::Shutdown;
+                            }
+                            direct_ready.set(direct.ready());
+                            direct_waiting = true;
+                        }
                         written = &mut write => match written {
                             Ok(()) => break,
                             Err(e) => return End::Failed(e),
@@ -274,9 +282,20 @@ where
                     timer.as_mut().reset(k.next_wake());
                 }
             }
+            if std::mem::take(&mut direct_waiting) {
+                continue;
+            }
             let step = tokio::select! {
                 biased;
-                () = shutdown.cancelled() => Err(End::Shutdown),
+                () = &mut direct_ready => {
+                    if direct.is_closing() {
+                        Err(End::Shutdown)
+                    } else {
+                        // The events are taken in the write step that follows.
+                        direct_ready.set(direct.ready());
+                        Ok(())
+                    }
+                }
                 incoming = self.ws.next() => {
                     if let Some(k) = &mut keepalive {
                         k.seen(Instant::now());
@@ -300,10 +319,6 @@ where
                 }
                 received = self.rx.recv() => {
                     self.on_room_message(received);
-                    Ok(())
-                }
-                () = self.direct.ready() => {
-                    // Taken in the write step that follows.
                     Ok(())
                 }
             };
