@@ -55,9 +55,19 @@ echo "building chat-load..." >&2
 (cd "$ROOT" && cargo build --release -q -p chat-load) || die "cannot build chat-load"
 LOAD=${CARGO_TARGET_DIR:-$ROOT/target}/release/chat-load
 
-# Workload flags, full scale and --quick scale.
+# Workload flags, full scale and --quick scale. S<N> is one step of the
+# scaling curve: N clients, one sender with 8 in flight, about two million
+# deliveries (a tenth with --quick).
 flags() {
     local w=$1
+    if [[ $w =~ ^S([0-9]+)$ ]]; then
+        local n=${BASH_REMATCH[1]} total=2000000
+        [[ $quick == 1 ]] && total=200000
+        local m=$((total / n))
+        ((m < 100)) && m=100
+        echo "--clients $n --senders 1 --in-flight 8 --messages $m"
+        return
+    fi
     if [[ $quick == 1 ]]; then
         case $w in
             W1) echo "--clients 100 --senders 10 --in-flight 4 --messages 300" ;;
@@ -76,6 +86,7 @@ flags() {
 }
 describe() {
     case $1 in
+        S*) echo "$1 closed loop, 1 sender x 8 in flight to ${1#S} clients: server CPU per delivery" ;;
         W1) echo "W1 closed loop, 10 senders x 4 in flight: server CPU per delivery" ;;
         W2) echo "W2 closed loop, 1 sender x 8 in flight to many: server CPU per delivery" ;;
         W3) echo "W3 open loop, 5 senders x 20 msg/s: p99 latency" ;;
@@ -143,12 +154,12 @@ trap stop EXIT
 # The one figure each workload is compared on, from a report.
 metric() {
     case $1 in
-        W1|W2) jq -r '.server_cpu_us_per_delivery // empty | . * 1000 | round / 1000' "$2" ;;
+        W1|W2|S*) jq -r '.server_cpu_us_per_delivery // empty | . * 1000 | round / 1000' "$2" ;;
         W3) jq -r '.run.latency_ms.p99 // empty' "$2" ;;
         W4) jq -r '.server_rss_bytes_per_connection // empty | . / 1000 | . * 100 | round / 100' "$2" ;;
     esac
 }
-unit() { case $1 in W1|W2) echo "µs/delivery" ;; W3) echo "ms p99" ;; W4) echo "KB/conn" ;; esac; }
+unit() { case $1 in W1|W2|S*) echo "µs/delivery" ;; W3) echo "ms p99" ;; W4) echo "KB/conn" ;; esac; }
 
 declare -A RESULT NOTE
 for s in "${SERVERS[@]}"; do
@@ -158,7 +169,7 @@ for s in "${SERVERS[@]}"; do
     fi
     for w in "${WORKLOADS[@]}"; do
         f=$(flags "$w") || true
-        [[ -n $f ]] || die "unknown workload $w (W1..W4)"
+        [[ -n $f ]] || die "unknown workload $w (W1..W4, or S<clients>)"
         echo "== $s $w: $f" >&2
         start "$s" || { NOTE[$s,$w]="did not start"; continue; }
         json=$OUT_DIR/$s-$w.json

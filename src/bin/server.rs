@@ -19,7 +19,7 @@ use chat::session::{
 use chat::tls::{self, TLS_HANDSHAKE_TIMEOUT};
 use clap::builder::TypedValueParser as _;
 use clap::Parser;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tracing::info;
 
 /// A WebSocket broadcast chat server.
@@ -187,9 +187,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         _ => None,
     };
     let scheme = if tls.is_some() { "wss" } else { "ws" };
-    let listener = TcpListener::bind(args.addr)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.addr))?;
+    let listener = bind(args.addr).with_context(|| format!("cannot listen on {}", args.addr))?;
     info!("listening on {scheme}://{}", listener.local_addr()?);
     // Every field is set today; the update keeps settings added to Config
     // later at their defaults until they get a flag.
@@ -224,6 +222,24 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     };
     server::run(listener, config, shutdown_signal()).await
 }
+
+/// Binds the listening socket with a long accept queue: under a burst of
+/// connections (thousands of clients reconnecting at once) the default
+/// queue overflows, and the kernel then drops handshakes that clients must
+/// retry seconds later.
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
+/// Length of the accept queue (the kernel caps it at `net.core.somaxconn`).
+const LISTEN_BACKLOG: u32 = 4096;
 
 /// Completes on Ctrl+C or SIGTERM.
 async fn shutdown_signal() {
