@@ -221,6 +221,16 @@ struct State {
     rooms: HashMap<String, Room>,
 }
 
+impl State {
+    /// The name of the room `id` is in (empty if `id` is gone).
+    fn room_of(&self, id: MemberId) -> String {
+        self.members
+            .get(&id)
+            .map(|m| m.room.clone())
+            .unwrap_or_default()
+    }
+}
+
 struct Member {
     addr: SocketAddr,
     nick: Option<String>,
@@ -636,11 +646,7 @@ impl Hub {
     /// The members of `id`'s room.
     pub fn who(&self, id: MemberId) -> Event {
         let state = self.state();
-        let room = state
-            .members
-            .get(&id)
-            .map(|m| m.room.clone())
-            .unwrap_or_default();
+        let room = state.room_of(id);
         let members = state
             .rooms
             .get(&room)
@@ -676,11 +682,7 @@ impl Hub {
     /// The last `n` lines of `id`'s room (at most the kept depth).
     pub fn history(&self, id: MemberId, n: usize) -> History {
         let state = self.state();
-        let room = state
-            .members
-            .get(&id)
-            .map(|m| m.room.clone())
-            .unwrap_or_default();
+        let room = state.room_of(id);
         let lines = state
             .rooms
             .get(&room)
@@ -692,11 +694,7 @@ impl Hub {
     /// What `id` missed in its room after line `seq` of server run `epoch`.
     pub fn resume(&self, id: MemberId, epoch: u64, seq: u64) -> Resumed {
         let state = self.state();
-        let room_name = state
-            .members
-            .get(&id)
-            .map(|m| m.room.clone())
-            .unwrap_or_default();
+        let room_name = state.room_of(id);
         let room = state.rooms.get(&room_name);
         let restarted = epoch != self.inner.epoch;
         let last_seq = room.map_or(0, |r| r.last_seq);
