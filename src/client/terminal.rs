@@ -34,7 +34,7 @@ pub fn is_interactive() -> bool {
 /// Whether to colour: only on a terminal, and never with `NO_COLOR` set
 /// (see no-color.org: any non-empty value).
 pub fn use_color() -> bool {
-    std::io::stdout().is_terminal() && !std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty())
+    std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 /// Lines shown above the prompt.
