@@ -335,6 +335,11 @@ impl History {
         self.lines.is_empty()
     }
 
+    /// The room they are from.
+    pub fn room(&self) -> &str {
+        &self.room
+    }
+
     /// The announcement that precedes a replay.
     pub fn header(&self) -> Event {
         Event::History {

@@ -420,9 +420,12 @@ where
             }
             Command::History(n) => {
                 let history = hub.history(id, n.unwrap_or(DEFAULT_HISTORY_REPLAY));
-                self.reply(&history.header());
-                for event in history.events() {
-                    self.reply(&event);
+                if history.is_empty() {
+                    self.reply(&Event::Info {
+                        text: format!("no messages in {} yet", history.room()),
+                    });
+                } else {
+                    self.replay(&history);
                 }
                 Ok(())
             }

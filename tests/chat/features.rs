@@ -144,6 +144,8 @@ async fn who_me_and_rooms() {
     assert_eq!(b.recv_text().await, format!("* {} joined #rust", b.addr));
     b.send("/rooms").await;
     assert_eq!(b.recv_text().await, "* rooms: #lobby (1), #rust (1)");
+    b.send("/history").await;
+    assert_eq!(b.recv_text().await, "* no messages in #rust yet");
     // Messages stay in their room.
     b.send("only rust").await;
     a.send("only lobby").await;
