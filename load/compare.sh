@@ -9,7 +9,8 @@
 #
 # Environment:
 #   OURS_BIN   our server binary            (default: <repo>/target/release/server)
-#   OURS_ARGS  extra arguments for ours, e.g. flags that lift its limits
+#   OURS_ARGS  arguments for ours (default: lift its connection caps and
+#              rate limit, as a load test needs)
 #   PEERS_DIR  the peers folder             (default: <repo>/../shared/peers)
 #   OUT_DIR    where the JSON reports go    (default: a new /tmp/chat-compare.XXXX)
 #   SERVER_CPU / LOAD_CPU  cores to pin to  (default: 0 and 1)
@@ -18,7 +19,8 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PEERS_DIR=${PEERS_DIR:-$ROOT/../shared/peers}
 OURS_BIN=${OURS_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/server}
-OURS_ARGS=${OURS_ARGS:-}
+# Load tests need our limits lifted (a per-address cap of 64, a rate limit).
+OURS_ARGS=${OURS_ARGS---max-connections 0 --max-connections-per-ip 0 --rate-limit 0}
 SERVER_CPU=${SERVER_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
 NODE_PREFIX=/tmp/peer-node
