@@ -7,7 +7,6 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -18,7 +17,7 @@ use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWriteExt as _, ReadBuf};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_websockets::{ClientBuilder, Message, WebSocketStream};
 
-use crate::support::{next_text, Client, TestServer, WAIT};
+use crate::support::{next_text, upgrade_on, Captured, Client, TestServer, WAIT};
 
 /// How fast the door must answer: a refusal, or a real client's welcome.
 const FAST: Duration = Duration::from_millis(100);
@@ -339,13 +338,7 @@ async fn ws_with(
             )
             .unwrap();
     }
-    let (mut ws, _) = tokio::time::timeout(WAIT, builder.connect_on(tcp))
-        .await
-        .expect("upgrade timed out")
-        .expect("upgrade failed");
-    let welcome = next_text(&mut ws).await;
-    assert!(welcome.starts_with("* welcome"), "first line: {welcome}");
-    ws
+    upgrade_on(builder, tcp).await
 }
 
 #[tokio::test]
@@ -387,20 +380,6 @@ async fn origins_listed_absent_or_same_host_are_allowed_others_get_403() {
         );
     }
     server.shutdown().await;
-}
-
-/// A log sink shared with a test.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 #[tokio::test]
@@ -453,7 +432,7 @@ async fn the_token_is_required_and_never_logged() {
     drop(a);
     server.shutdown().await;
 
-    let logs = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let logs = logs.text();
     assert!(logs.contains("401"), "the refusals were not logged: {logs}");
     assert!(!logs.contains("c0ffee"), "a token reached the log:\n{logs}");
 }

@@ -5,7 +5,7 @@
 //! The raw-socket tests speak WebSocket byte by byte (masked client frames
 //! written by hand), so they can send what no polite client library would.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chat::server::Config;
@@ -15,7 +15,7 @@ use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_websockets::{ClientBuilder, Message};
 
-use crate::support::{Client, TestServer, WAIT};
+use crate::support::{Captured, Client, TestServer, WAIT};
 
 /// Opcodes.
 const CONT: u8 = 0x0;
@@ -393,20 +393,6 @@ async fn a_healthy_idle_client_survives_many_ping_intervals() {
     server.shutdown().await;
 }
 
-/// A log sink shared with a test.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn a_peer_that_stops_reading_is_closed_while_the_server_writes_to_it() {
     // The server's log on this test's thread (a #[tokio::test] runtime runs
@@ -481,7 +467,7 @@ async fn a_peer_that_stops_reading_is_closed_while_the_server_writes_to_it() {
     assert!(took < (interval + timeout) * 5, "closed too late: {took:?}");
     drop(stopped);
     server.shutdown().await;
-    let logs = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let logs = logs.text();
     assert!(
         logs.contains("ping timeout (the client stopped reading)"),
         "not closed by the write deadline:\n{logs}"

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chat::server::{self, Config};
@@ -207,6 +208,43 @@ where
         }
     }
     panic!("only presence notices within 10,000 frames");
+}
+
+/// Upgrades an already open stream (plain or TLS) and checks that the first
+/// line is the welcome.
+pub async fn upgrade_on<S>(builder: ClientBuilder<'_>, stream: S) -> WebSocketStream<S>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let (mut ws, _) = tokio::time::timeout(WAIT, builder.connect_on(stream))
+        .await
+        .expect("upgrade timed out")
+        .expect("upgrade failed");
+    let welcome = next_text(&mut ws).await;
+    assert!(welcome.starts_with("* welcome"), "first line: {welcome}");
+    ws
+}
+
+/// A log sink shared with a test (pass it to a tracing subscriber's
+/// `with_writer`, read it back with `text`).
+#[derive(Clone, Default)]
+pub struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Captured {
+    /// Everything written so far.
+    pub fn text(&self) -> String {
+        String::from_utf8(self.0.lock().unwrap().clone()).expect("logs are UTF-8")
+    }
+}
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Whether a text-encoding line is a join, leave or nickname notice.

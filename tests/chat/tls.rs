@@ -20,7 +20,7 @@ use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
 use tokio_rustls::TlsConnector;
 use tokio_websockets::{ClientBuilder, Message, WebSocketStream};
 
-use crate::support::{next_text, TestServer, WAIT};
+use crate::support::{next_text, upgrade_on, TestServer, WAIT};
 
 /// PEM files of a throwaway CA and a server certificate for localhost and
 /// 127.0.0.1, in a directory of their own.
@@ -115,13 +115,7 @@ async fn wss(pki: &Pki, server: &TestServer) -> WebSocketStream<TlsStream<TcpStr
     let builder = ClientBuilder::new()
         .uri(&format!("wss://localhost:{}", server.addr.port()))
         .unwrap();
-    let (mut ws, _) = tokio::time::timeout(WAIT, builder.connect_on(tls))
-        .await
-        .expect("upgrade timed out")
-        .expect("upgrade failed");
-    let welcome = next_text(&mut ws).await;
-    assert!(welcome.starts_with("* welcome"), "first line: {welcome}");
-    ws
+    upgrade_on(builder, tls).await
 }
 
 #[tokio::test]
