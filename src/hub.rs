@@ -8,16 +8,16 @@
 //! small API and never see its state.
 //!
 //! Publishing assigns the room's next sequence number, appends the line to
-//! the room's history, encodes the event once per encoding, and sends one
-//! `Arc` through the room's `broadcast` channel, all under the lock. So
-//! sequence order, history order and channel order are the same for every
-//! receiver, and a member who subscribes and snapshots the history in one
-//! critical section sees every line exactly once. That publish path is the
-//! seam where a backplane shared by several servers can later sit: sessions
-//! call the hub and receive from a [`broadcast::Receiver`] and a
-//! [`Direct`] queue, whoever fills them.
+//! the room's history, encodes the event once per encoding, sends one `Arc`
+//! through the room's `broadcast` channel and rings every member's
+//! [`Mailbox`], all under the lock. So sequence order, history order and
+//! channel order are the same for every receiver, and a member who
+//! subscribes and snapshots the history in one critical section sees every
+//! line exactly once. That publish path is the seam where a backplane
+//! shared by several servers can later sit: sessions call the hub and take
+//! from a [`broadcast::Receiver`] and a [`Mailbox`], whoever fills them.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,6 +25,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::broadcast;
 
+pub use crate::mailbox::Mailbox;
 pub use crate::outbox::Encoded;
 use crate::protocol::{
     now_millis, validate_nick, validate_text, ChatLine, Event, MemberInfo, RoomInfo, TextError,
@@ -42,9 +43,6 @@ pub const DEFAULT_MAX_ROOMS: usize = 1000;
 /// in a big room they would drown the conversation, and each one costs a
 /// delivery per member (a room filling up would cost O(members²)).
 pub const DEFAULT_PRESENCE_LIMIT: usize = 100;
-/// Private messages and other events for one member that may wait for its
-/// session; beyond this the sender is told the recipient is not keeping up.
-pub const DIRECT_CAPACITY: usize = 256;
 
 /// What a room's channel carries: an event encoded once, shared by all.
 pub type Shared = Arc<Encoded>;
@@ -139,64 +137,6 @@ impl From<TextError> for HubError {
     }
 }
 
-/// Events for one member alone (private messages), waiting for its session.
-///
-/// A queue and a `Notify` rather than an `mpsc` channel: every connection
-/// has one and almost none is ever used, and a tokio channel costs most of
-/// a kilobyte per connection before its first message.
-#[derive(Debug, Default)]
-pub struct Direct {
-    queue: Mutex<VecDeque<Shared>>,
-    ready: tokio::sync::Notify,
-    /// The server is shutting down: the session should close.
-    closing: AtomicBool,
-}
-
-impl Direct {
-    fn queue(&self) -> MutexGuard<'_, VecDeque<Shared>> {
-        self.queue
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// Queues an event unless [`DIRECT_CAPACITY`] are already waiting.
-    fn push(&self, event: Shared) -> bool {
-        {
-            let mut queue = self.queue();
-            if queue.len() >= DIRECT_CAPACITY {
-                return false;
-            }
-            queue.push_back(event);
-        }
-        // Stores a permit if the session is not waiting right now, so a
-        // push between its check and its wait is not missed.
-        self.ready.notify_one();
-        true
-    }
-
-    /// Tells the session the server is shutting down.
-    fn close(&self) {
-        self.closing.store(true, Ordering::Release);
-        self.ready.notify_one();
-    }
-
-    /// Whether the server is shutting down.
-    pub fn is_closing(&self) -> bool {
-        self.closing.load(Ordering::Acquire)
-    }
-
-    /// Takes the oldest waiting event, if any.
-    pub fn pop(&self) -> Option<Shared> {
-        self.queue().pop_front()
-    }
-
-    /// Completes when an event may be waiting (check with [`Direct::pop`])
-    /// or the server is shutting down ([`Direct::is_closing`]).
-    pub async fn ready(&self) {
-        self.ready.notified().await;
-    }
-}
-
 /// A cheap, cloneable handle to the shared chat state.
 #[derive(Clone)]
 pub struct Hub {
@@ -236,7 +176,7 @@ struct Member {
     nick: Option<String>,
     room: String,
     /// Events for this member alone (private messages).
-    direct: Arc<Direct>,
+    mailbox: Arc<Mailbox>,
 }
 
 /// The chat line a kept event carries (history holds only messages and
@@ -261,8 +201,9 @@ struct Room {
     /// The live channel; `None` while the room is empty, so an idle room
     /// costs no channel buffer.
     tx: Option<broadcast::Sender<Shared>>,
-    /// Members in joining order.
-    members: BTreeSet<MemberId>,
+    /// Members in joining order, with the mailbox each is rung through
+    /// when the room has news.
+    members: BTreeMap<MemberId, Arc<Mailbox>>,
     /// Sequence number of the last line published here (0: none yet).
     last_seq: u64,
     /// The most recent lines, oldest first: the very events that were
@@ -274,17 +215,22 @@ impl Room {
     fn new() -> Self {
         Room {
             tx: None,
-            members: BTreeSet::new(),
+            members: BTreeMap::new(),
             last_seq: 0,
             history: VecDeque::new(),
         }
     }
 
-    /// Sends to everyone in the room (nobody listening is fine).
+    /// Sends to everyone in the room (nobody listening is fine), then
+    /// rings each member's mailbox: sessions take room messages with
+    /// `try_recv` when rung rather than waiting in the channel.
     fn send(&self, event: Event) -> Shared {
         let shared = Arc::new(Encoded::new(event));
         if let Some(tx) = &self.tx {
             let _ = tx.send(shared.clone());
+            for mailbox in self.members.values() {
+                mailbox.ring();
+            }
         }
         shared
     }
@@ -362,8 +308,8 @@ pub struct Connected {
     pub welcome: Event,
     /// The default room.
     pub joined: Joined,
-    /// Events addressed to this member alone.
-    pub direct: Arc<Direct>,
+    /// Events addressed to this member alone, and its session's wake-ups.
+    pub mailbox: Arc<Mailbox>,
 }
 
 /// The answer to [`Hub::resume`].
@@ -411,9 +357,9 @@ impl Hub {
         let mut state = self.state();
         state.next_id += 1;
         let id = MemberId(state.next_id);
-        let direct = Arc::new(Direct::default());
+        let mailbox = Arc::new(Mailbox::default());
         if self.inner.closing.load(Ordering::Acquire) {
-            direct.close();
+            mailbox.close();
         }
         state.members.insert(
             id,
@@ -421,7 +367,7 @@ impl Hub {
                 addr,
                 nick: None,
                 room: DEFAULT_ROOM.to_string(),
-                direct: direct.clone(),
+                mailbox: mailbox.clone(),
             },
         );
         let joined = self.enter(&mut state, id, DEFAULT_ROOM);
@@ -436,7 +382,7 @@ impl Hub {
             id,
             welcome,
             joined,
-            direct,
+            mailbox,
         }
     }
 
@@ -444,18 +390,22 @@ impl Hub {
     /// snapshots the history, and announces the arrival.
     fn enter(&self, state: &mut State, id: MemberId, room_name: &str) -> Joined {
         let capacity = self.inner.config.channel_capacity;
-        let (addr, nick) = match state.members.get_mut(&id) {
+        let (addr, nick, mailbox) = match state.members.get_mut(&id) {
             Some(m) => {
                 m.room = room_name.to_string();
-                (m.addr, m.nick.clone())
+                (m.addr, m.nick.clone(), m.mailbox.clone())
             }
-            None => (SocketAddr::from(([0, 0, 0, 0], 0)), None),
+            None => (
+                SocketAddr::from(([0, 0, 0, 0], 0)),
+                None,
+                Arc::new(Mailbox::default()),
+            ),
         };
         let room = state
             .rooms
             .entry(room_name.to_string())
             .or_insert_with(Room::new);
-        room.members.insert(id);
+        room.members.insert(id, mailbox);
         let rx = room.subscribe(capacity);
         let history = History {
             room: room_name.to_string(),
@@ -641,7 +591,9 @@ impl Hub {
         // The sender's own copy comes back as the return value; sending to
         // oneself must not deliver twice.
         if recipient.addr != sender.addr
-            && !recipient.direct.push(Arc::new(Encoded::new(event.clone())))
+            && !recipient
+                .mailbox
+                .push(Arc::new(Encoded::new(event.clone())))
         {
             return Err(HubError::RecipientBusy(to.to_string()));
         }
@@ -657,7 +609,7 @@ impl Hub {
             .get(&room)
             .map(|r| {
                 r.members
-                    .iter()
+                    .keys()
                     .filter_map(|mid| state.members.get(mid))
                     .map(|m| MemberInfo {
                         nick: m.nick.clone(),
@@ -742,7 +694,7 @@ impl Hub {
         // and the loop below.
         self.inner.closing.store(true, Ordering::Release);
         for member in state.members.values() {
-            member.direct.close();
+            member.mailbox.close();
         }
     }
 
@@ -944,11 +896,11 @@ mod tests {
             echo.to_text(),
             "(private) 127.0.0.1:1 -> bob (127.0.0.1:2): psst"
         );
-        assert_eq!(text(&b.direct.pop().unwrap()), echo.to_text());
-        assert!(c.direct.pop().is_none());
+        assert_eq!(text(&b.mailbox.pop().unwrap()), echo.to_text());
+        assert!(c.mailbox.pop().is_none());
         // By address works too; unknown names are refused.
         hub.private(a.id, "127.0.0.1:3", "hi").unwrap();
-        assert!(c.direct.pop().is_some());
+        assert!(c.mailbox.pop().is_some());
         assert_eq!(
             hub.private(a.id, "nobody", "x").unwrap_err(),
             HubError::NoSuchUser("nobody".into())

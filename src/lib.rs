@@ -10,6 +10,8 @@
 //!   connection, with a size cap; the WebSocket upgrade decision lives here.
 //! - [`hub`]: members, rooms and their broadcast channels. Synchronous; never
 //!   touches a socket.
+//! - [`mailbox`]: a member's private queue and shutdown flag, and the
+//!   wake-up bits that tell its session what woke it.
 //! - [`outbox`]: outgoing frames, framed once per event and written to a
 //!   connection in vectored batches.
 //! - [`session`]: one upgraded connection; with `outbox`, the only server
@@ -26,6 +28,7 @@ pub mod admission;
 pub mod client;
 pub mod handshake;
 pub mod hub;
+pub mod mailbox;
 pub mod outbox;
 pub mod protocol;
 pub mod server;

@@ -25,20 +25,22 @@
 //! frame is read only once everything owed has been written, so a client
 //! that stops reading stops being read, and keepalive closes it).
 
-use std::future::Future;
+use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{SinkExt as _, StreamExt as _};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
-use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+use tokio::sync::broadcast::error::TryRecvError;
 use tokio::time::Instant;
 use tokio_websockets::{CloseCode, Message, WebSocketStream};
 use tracing::{debug, info};
 
-use crate::hub::{Direct, History, Hub, Joined, MemberId, Shared};
+use crate::hub::{History, Hub, Joined, MemberId, Shared};
+use crate::mailbox::{self, Mailbox};
 use crate::outbox::{text_frame, Outbox};
 use crate::protocol::{
     parse_command, parse_input, Command, Encoding, Event, Input, DEFAULT_HISTORY_REPLAY,
@@ -143,7 +145,10 @@ where
         hub,
         id: connected.id,
         rx: connected.joined.rx,
-        direct: connected.direct,
+        io_waker: connected.mailbox.io_waker(),
+        mailbox: connected.mailbox,
+        // Look at everything on the first turn.
+        due: mailbox::ROOM | mailbox::IO | mailbox::POST,
         outbox: Outbox::new(),
         limiter: config.rate.map(|rate| Limiter::new(rate, now)),
     };
@@ -209,8 +214,15 @@ struct Session<S> {
     hub: Hub,
     id: MemberId,
     rx: tokio::sync::broadcast::Receiver<Shared>,
-    /// Events addressed to this member alone (private messages).
-    direct: Arc<Direct>,
+    /// Private messages, shutdown, and what woke the session.
+    mailbox: Arc<Mailbox>,
+    /// The waker the socket and the timer are polled with: it raises
+    /// [`mailbox::IO`].
+    io_waker: Waker,
+    /// What the mailbox said and the session has yet to look at
+    /// ([`mailbox::ROOM`], [`mailbox::IO`], [`mailbox::POST`]). `IO` stays
+    /// up until a poll of the socket finds nothing.
+    due: u8,
     /// Frames waiting to be written: replies, pings and room messages in
     /// the order they are owed.
     outbox: Outbox,
@@ -232,77 +244,85 @@ where
                 .map_or_else(far_future, Keepalive::next_wake),
         );
         tokio::pin!(timer);
-        // The member's own queue brings private messages and the news of
-        // shutdown. Its wait is registered once and re-armed only when it
-        // fires, rather than made anew at every turn (a lock each time).
-        let direct = self.direct.clone();
-        let direct_ready = direct.ready();
-        tokio::pin!(direct_ready);
-        // Set when the queue woke us mid-write: take it before waiting.
-        let mut direct_waiting = false;
         loop {
             // Write first: what the last step produced (and the welcome, on
-            // the first turn). Writing can block on a client that does not
-            // read; shutdown must still get through, and keepalive bounds
-            // how long it may block.
+            // the first turn), then every room message already waiting.
+            self.take_ready(MAX_BATCH);
             {
-                let write = self.write_ready();
+                let write = flush_owed(&mut self.ws, &mut self.outbox);
                 tokio::pin!(write);
-                let mut rearm = false;
-                loop {
-                    tokio::select! {
-                        biased;
-                        () = &mut direct_ready => {
-                            if direct.is_closing() {
-                                return End::Shutdown;
-                            }
-                            direct_ready.set(direct.ready());
-                            direct_waiting = true;
-                        }
-                        written = &mut write => match written {
-                            Ok(()) => break,
-                            Err(e) => return End::Failed(e),
-                        },
-                        () = &mut timer, if keepalive.is_some() => {
-                            // A ping cannot overtake what is already being
-                            // written; only the deadline matters here.
-                            let deadline = keepalive.as_ref().and_then(Keepalive::write_deadline);
-                            match deadline {
-                                Some(d) if d <= Instant::now() => {
-                                    return End::TimedOut { writing: true };
+                // Almost every write finishes at once. One that blocks (a
+                // client that does not read) must still give way to
+                // shutdown, and keepalive bounds how long it may block.
+                let first = poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await;
+                if let Poll::Ready(written) = first {
+                    if let Err(e) = written {
+                        return End::Failed(e);
+                    }
+                } else {
+                    loop {
+                        tokio::select! {
+                            biased;
+                            raised = poll_fn(|cx| self.mailbox.poll_raised(cx)) => {
+                                if self.mailbox.is_closing() {
+                                    return End::Shutdown;
                                 }
-                                Some(d) => timer.as_mut().reset(d),
-                                None => timer.as_mut().reset(far_future()),
+                                self.due |= raised;
                             }
-                            rearm = true;
+                            written = &mut write => match written {
+                                Ok(()) => break,
+                                Err(e) => return End::Failed(e),
+                            },
+                            () = &mut timer, if keepalive.is_some() => {
+                                // A ping cannot overtake what is already
+                                // being written; only the deadline matters.
+                                let deadline =
+                                    keepalive.as_ref().and_then(Keepalive::write_deadline);
+                                match deadline {
+                                    Some(d) if d <= Instant::now() => {
+                                        return End::TimedOut { writing: true };
+                                    }
+                                    Some(d) => timer.as_mut().reset(d),
+                                    None => timer.as_mut().reset(far_future()),
+                                }
+                            }
                         }
                     }
-                }
-                if let (true, Some(k)) = (rearm, &keepalive) {
-                    timer.as_mut().reset(k.next_wake());
+                    if let Some(k) = &keepalive {
+                        timer.as_mut().reset(k.next_wake());
+                    }
+                    // The timer was polled with the task's own waker here:
+                    // poll it (and the socket) again with the mailbox's.
+                    self.due |= mailbox::IO;
                 }
             }
-            if std::mem::take(&mut direct_waiting) {
-                continue;
-            }
+            // Then wait for the next thing to do, looking only at what the
+            // mailbox says woke us (see `mailbox`): a session its room woke
+            // goes straight to the room, without asking the socket.
             let step = tokio::select! {
                 biased;
-                () = &mut direct_ready => {
-                    if direct.is_closing() {
+                raised = poll_fn(|cx| self.mailbox.poll_raised(cx)) => {
+                    if self.mailbox.is_closing() {
                         Err(End::Shutdown)
                     } else {
-                        // The events are taken in the write step that follows.
-                        direct_ready.set(direct.ready());
+                        // Acted on in the turn that follows.
+                        self.due |= raised;
                         Ok(())
                     }
                 }
-                incoming = self.ws.next() => {
+                incoming = poll_fn(|_| poll_socket(&mut self.ws, &self.io_waker, &mut self.due)),
+                    if self.due & mailbox::IO != 0 =>
+                {
                     if let Some(k) = &mut keepalive {
                         k.seen(Instant::now());
                     }
                     self.on_frame(incoming)
                 }
-                () = &mut timer, if keepalive.is_some() => {
+                () = poll_fn(|_| timer.as_mut().poll(&mut Context::from_waker(&self.io_waker))),
+                    if keepalive.is_some() && self.due & mailbox::IO != 0 =>
+                {
+                    // Re-armed below: poll it again so it registers.
+                    self.due |= mailbox::IO;
                     match keepalive.as_mut().map(|k| k.on_timer(Instant::now())) {
                         Some(Tick::Wait(until)) => {
                             timer.as_mut().reset(until);
@@ -317,10 +337,8 @@ where
                         None => Ok(()),
                     }
                 }
-                received = self.rx.recv() => {
-                    self.on_room_message(received);
-                    Ok(())
-                }
+                // More room or private messages than one turn takes: go on.
+                () = std::future::ready(()), if self.due & (mailbox::ROOM | mailbox::POST) != 0 => Ok(()),
             };
             if let Err(end) = step {
                 return end;
@@ -453,8 +471,11 @@ where
     /// Moves this session to another room's channel. Lines of the old room
     /// that were already published are delivered first.
     fn switch_room(&mut self, joined: Joined) {
+        // Whatever the old room sent before we left, rung or not yet.
+        self.due |= mailbox::ROOM;
         self.take_ready(usize::MAX);
         self.rx = joined.rx;
+        self.due |= mailbox::ROOM;
         self.replay(&joined.history);
     }
 
@@ -469,47 +490,33 @@ where
         }
     }
 
-    fn on_room_message(&mut self, received: Result<Shared, RecvError>) {
-        match received {
-            Ok(shared) => self.outbox.push_shared(shared, self.encoding),
-            Err(RecvError::Lagged(count)) => self.reply(&Event::Skipped { count }),
-            // The hub never drops a room that has members.
-            Err(RecvError::Closed) => {}
-        }
-    }
-
     /// Queues an event for this client alone.
     fn reply(&mut self, event: &Event) {
         let frame = text_frame(event.to_encoding(self.encoding).as_bytes());
         self.outbox.push(frame);
     }
 
-    /// Moves up to `max` waiting room messages (and every private one) into
-    /// the outbox.
+    /// Moves every waiting private message and up to `max` waiting room
+    /// messages into the outbox, if the mailbox said there may be some.
     fn take_ready(&mut self, max: usize) {
-        while let Some(shared) = self.direct.pop() {
-            self.outbox.push_shared(shared, self.encoding);
-        }
-        for _ in 0..max {
-            match self.rx.try_recv() {
-                Ok(shared) => self.outbox.push_shared(shared, self.encoding),
-                Err(TryRecvError::Lagged(count)) => self.reply(&Event::Skipped { count }),
-                Err(TryRecvError::Empty | TryRecvError::Closed) => break,
+        if self.due & mailbox::POST != 0 {
+            self.due &= !mailbox::POST;
+            while let Some(shared) = self.mailbox.pop() {
+                self.outbox.push_shared(shared, self.encoding);
             }
         }
-    }
-
-    /// Writes what this client is owed, then every room message already
-    /// waiting (up to [`MAX_BATCH`]), in as few writes as the socket allows.
-    async fn write_ready(&mut self) -> Result<(), tokio_websockets::Error> {
-        // Whatever tokio-websockets queued itself (pongs) goes first, so the
-        // outbox never writes into the middle of one of its frames.
-        self.ws.flush().await?;
-        self.take_ready(MAX_BATCH);
-        self.outbox
-            .flush(self.ws.get_mut())
-            .await
-            .map_err(tokio_websockets::Error::Io)
+        if self.due & mailbox::ROOM != 0 {
+            self.due &= !mailbox::ROOM;
+            for _ in 0..max {
+                match self.rx.try_recv() {
+                    Ok(shared) => self.outbox.push_shared(shared, self.encoding),
+                    Err(TryRecvError::Lagged(count)) => self.reply(&Event::Skipped { count }),
+                    Err(TryRecvError::Empty | TryRecvError::Closed) => return,
+                }
+            }
+            // Stopped at `max` with more waiting: the rest next turn.
+            self.due |= mailbox::ROOM;
+        }
     }
 
     /// Sends a Close after whatever the outbox still holds (shutdown may
@@ -623,6 +630,41 @@ where
         }
         debug!("session ended");
     }
+}
+
+/// Polls the socket for the next frame with the mailbox's waker. Finding
+/// nothing clears [`mailbox::IO`] from `due`: the waker raises it again when
+/// there is news.
+fn poll_socket<S>(
+    ws: &mut WebSocketStream<S>,
+    io_waker: &Waker,
+    due: &mut u8,
+) -> Poll<Option<Result<Message, tokio_websockets::Error>>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let polled = ws.poll_next_unpin(&mut Context::from_waker(io_waker));
+    if polled.is_pending() {
+        *due &= !mailbox::IO;
+    }
+    polled
+}
+
+/// Writes what tokio-websockets queued itself (pongs) first, so the outbox
+/// never writes into the middle of one of its frames, then the outbox, in
+/// as few writes as the socket allows.
+async fn flush_owed<S>(
+    ws: &mut WebSocketStream<S>,
+    outbox: &mut Outbox,
+) -> Result<(), tokio_websockets::Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    ws.flush().await?;
+    outbox
+        .flush(ws.get_mut())
+        .await
+        .map_err(tokio_websockets::Error::Io)
 }
 
 /// Whether a text message is `/quit` (which the rate limit lets through, so
