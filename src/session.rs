@@ -149,6 +149,7 @@ where
         mailbox: connected.mailbox,
         // Look at everything on the first turn.
         due: mailbox::ROOM | mailbox::IO | mailbox::POST,
+        ws_queued: true,
         outbox: Outbox::new(),
         limiter: config.rate.map(|rate| Limiter::new(rate, now)),
     };
@@ -223,6 +224,9 @@ struct Session<S> {
     /// ([`mailbox::ROOM`], [`mailbox::IO`], [`mailbox::POST`]). `IO` stays
     /// up until a poll of the socket finds nothing.
     due: u8,
+    /// The socket was read since tokio-websockets' own queue (pongs) was
+    /// last flushed.
+    ws_queued: bool,
     /// Frames waiting to be written: replies, pings and room messages in
     /// the order they are owed.
     outbox: Outbox,
@@ -249,7 +253,7 @@ where
             // the first turn), then every room message already waiting.
             self.take_ready(MAX_BATCH);
             {
-                let write = flush_owed(&mut self.ws, &mut self.outbox);
+                let write = flush_owed(&mut self.ws, &mut self.ws_queued, &mut self.outbox);
                 tokio::pin!(write);
                 // Almost every write finishes at once. One that blocks (a
                 // client that does not read) must still give way to
@@ -310,7 +314,7 @@ where
                         Ok(())
                     }
                 }
-                incoming = poll_fn(|_| poll_socket(&mut self.ws, &self.io_waker, &mut self.due)),
+                incoming = poll_fn(|_| poll_socket(&mut self.ws, &self.io_waker, &mut self.due, &mut self.ws_queued)),
                     if self.due & mailbox::IO != 0 =>
                 {
                     if let Some(k) = &mut keepalive {
@@ -639,10 +643,13 @@ fn poll_socket<S>(
     ws: &mut WebSocketStream<S>,
     io_waker: &Waker,
     due: &mut u8,
+    ws_queued: &mut bool,
 ) -> Poll<Option<Result<Message, tokio_websockets::Error>>>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    // Reading is when tokio-websockets queues frames of its own (pongs).
+    *ws_queued = true;
     let polled = ws.poll_next_unpin(&mut Context::from_waker(io_waker));
     if polled.is_pending() {
         *due &= !mailbox::IO;
@@ -652,15 +659,21 @@ where
 
 /// Writes what tokio-websockets queued itself (pongs) first, so the outbox
 /// never writes into the middle of one of its frames, then the outbox, in
-/// as few writes as the socket allows.
+/// as few writes as the socket allows. The library's queue is flushed only
+/// if the socket was read since the last time (`ws_queued`): a session
+/// woken by its room does not touch the library's state at all.
 async fn flush_owed<S>(
     ws: &mut WebSocketStream<S>,
+    ws_queued: &mut bool,
     outbox: &mut Outbox,
 ) -> Result<(), tokio_websockets::Error>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    ws.flush().await?;
+    if *ws_queued {
+        ws.flush().await?;
+        *ws_queued = false;
+    }
     outbox
         .flush(ws.get_mut())
         .await

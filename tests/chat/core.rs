@@ -11,7 +11,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio_websockets::{CloseCode, Message};
 
-use crate::support::{unlimited_rate, Client, TestServer, WAIT};
+use crate::support::{is_presence, unlimited_rate, Client, TestServer, WAIT};
 
 #[tokio::test]
 async fn a_message_reaches_everyone_in_the_same_order() {
@@ -64,6 +64,41 @@ async fn an_abrupt_disconnect_does_not_disturb_others() {
     assert_eq!(a.recv_chat().await, format!("{}: still here?", a.addr));
     b.send("yes").await;
     assert_eq!(a.recv_chat().await, format!("{}: yes", b.addr));
+    server.shutdown().await;
+}
+
+/// Pings from a client (browsers and tools send them) are answered with a
+/// pong carrying the same payload, in between room messages, and the frames
+/// around the pong arrive whole.
+#[tokio::test]
+async fn a_client_ping_is_answered_between_room_messages() {
+    let server = TestServer::start().await;
+    let mut a = Client::connect(&server).await;
+    let mut b = Client::connect(&server).await;
+    for round in 0..3 {
+        let payload = format!("are you there {round}");
+        tokio::time::timeout(WAIT, a.ws.send(Message::ping(payload.clone())))
+            .await
+            .expect("ping timed out")
+            .expect("ping failed");
+        b.send(&format!("line {round}")).await;
+        let mut pong = None;
+        let mut line = None;
+        while pong.is_none() || line.is_none() {
+            let msg = tokio::time::timeout(WAIT, a.ws.next())
+                .await
+                .expect("no pong or line in time")
+                .expect("connection ended")
+                .expect("bad frame");
+            if msg.is_pong() {
+                assert_eq!(&msg.as_payload()[..], payload.as_bytes());
+                pong = Some(());
+            } else if let Some(text) = msg.as_text().filter(|t| !is_presence(t)) {
+                assert_eq!(text, format!("{}: line {round}", b.addr));
+                line = Some(());
+            }
+        }
+    }
     server.shutdown().await;
 }
 
