@@ -137,6 +137,15 @@ fn seconds(secs: u64) -> Duration {
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// jemalloc's settings, read when it starts (the symbol is the C string
+/// pointer it looks for; a slice reference begins with that pointer). Pages
+/// freed are handed back to the system at once instead of after ten
+/// seconds: a burst of handshakes (each a few kilobytes for a moment) would
+/// otherwise stay in the resident memory of an idle server, 0.2 to 0.9 KB
+/// per connection after connecting 10,000. `_RJEM_MALLOC_CONF` overrides it.
+#[export_name = "_rjem_malloc_conf"]
+static JEMALLOC_CONF: &[u8] = b"dirty_decay_ms:0\0";
+
 /// Tasks the runtime runs between two looks at the sockets (tokio's
 /// default is 61). Finishing more of the woken sessions first lets more
 /// messages pile up for each, so each write carries more frames.
