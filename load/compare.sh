@@ -6,6 +6,7 @@
 #   load/compare.sh                         # all workloads, all servers, full scale
 #   load/compare.sh --quick                 # about a tenth of the scale
 #   load/compare.sh -w W1,W3 -s ours,bun    # a subset
+#   load/compare.sh -w W3 -s ours,bun -r 5  # five runs each, interleaved: medians
 #
 # Environment:
 #   OURS_BIN   our server binary            (default: <repo>/target/release/server)
@@ -31,12 +32,14 @@ PORT=${PORT:-2190}
 workloads=W1,W2,W3,W4
 servers=ours,bun,node,python,seed
 quick=0
+repeat=1
 while [[ $# -gt 0 ]]; do
     case $1 in
         -w|--workloads) workloads=$2; shift 2 ;;
         -s|--servers) servers=$2; shift 2 ;;
         -q|--quick) quick=1; shift ;;
-        -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+        -r|--repeat) repeat=$2; shift 2 ;;
+        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
         *) echo "compare.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
     esac
 done
@@ -163,38 +166,72 @@ metric() {
 }
 unit() { case $1 in W1|W2|S*) echo "µs/delivery" ;; W3) echo "ms p99" ;; W4) echo "KB/conn" ;; esac; }
 
-declare -A RESULT NOTE
+[[ $repeat =~ ^[1-9][0-9]*$ ]] || die "--repeat takes a positive number of runs"
+
+# Install every server first; those that cannot be installed are skipped.
+READY=()
 for s in "${SERVERS[@]}"; do
-    if ! install "$s" >"$OUT_DIR/install-$s.log" 2>&1; then
+    if install "$s" >"$OUT_DIR/install-$s.log" 2>&1; then
+        READY+=("$s")
+    else
         echo "== $s: cannot install or build (see $OUT_DIR/install-$s.log); skipped" >&2
-        continue
     fi
-    for w in "${WORKLOADS[@]}"; do
-        f=$(flags "$w") || true
-        [[ -n $f ]] || die "unknown workload $w (W1..W4, or S<clients>)"
-        echo "== $s $w: $f" >&2
-        start "$s" || { NOTE[$s,$w]="did not start"; continue; }
-        json=$OUT_DIR/$s-$w.json
-        # shellcheck disable=SC2086  # $f is a list of flags
-        taskset -c "$LOAD_CPU" "$LOAD" --url "ws://127.0.0.1:$PORT" --server-pid "$SERVER_PID" \
-            --json --quiet $f >"$json" 2>"$OUT_DIR/$s-$w.err" || true
-        stop
-        if jq -e '.error' "$json" >/dev/null 2>&1; then
-            NOTE[$s,$w]="error: $(jq -r .error "$json")"
-        elif [[ -s $json ]]; then
-            RESULT[$s,$w]=$(metric "$w" "$json")
-            NOTE[$s,$w]=$(jq -r '[ if .run then "\(.run.deliveries_per_sec | round)/s" else empty end,
-                if (.run.lost // 0) > 0 or (.run.missing_percent_of_planned // 0) > 0
-                then "LOST \(.run.missing_percent_of_planned * 10 | round / 10)% of planned" else empty end,
-                if (.run.duplicated // 0) > 0 then "dup \(.run.duplicated)" else empty end,
-                if (.run.reordered // 0) > 0 then "reordered \(.run.reordered)" else empty end,
-                if (.run.load_cpu_percent // 0) > 90 then "load tool saturated" else empty end
-                ] | join(", ")' "$json")
-        else
-            NOTE[$s,$w]="no report (see $OUT_DIR/$s-$w.err)"
+done
+
+# With --repeat, each workload's runs are interleaved (ours, bun, ..., ours,
+# bun, ...) so that a slow spell of the machine falls on every server alike,
+# and the table shows each server's median run.
+declare -A RESULT NOTE RUNS
+for w in "${WORKLOADS[@]}"; do
+    f=$(flags "$w") || true
+    [[ -n $f ]] || die "unknown workload $w (W1..W4, or S<clients>)"
+    for ((run = 1; run <= repeat; run++)); do
+        for s in "${READY[@]}"; do
+            tag=$s-$w of= value=
+            if ((repeat > 1)); then
+                tag=$s-$w-$run of=" (run $run of $repeat)"
+            fi
+            echo "== $s $w$of: $f" >&2
+            start "$s" || { NOTE[$s,$w]="did not start"; continue; }
+            json=$OUT_DIR/$tag.json
+            # shellcheck disable=SC2086  # $f is a list of flags
+            taskset -c "$LOAD_CPU" "$LOAD" --url "ws://127.0.0.1:$PORT" --server-pid "$SERVER_PID" \
+                --json --quiet $f >"$json" 2>"$OUT_DIR/$tag.err" || true
+            stop
+            note=
+            if jq -e '.error' "$json" >/dev/null 2>&1; then
+                note="error: $(jq -r .error "$json")"
+            elif [[ -s $json ]]; then
+                value=$(metric "$w" "$json")
+                [[ -n $value ]] && RUNS[$s,$w]+="$value "
+                note=$(jq -r '[ if .run then "\(.run.deliveries_per_sec | round)/s" else empty end,
+                    if (.run.lost // 0) > 0 or (.run.missing_percent_of_planned // 0) > 0
+                    then "LOST \(.run.missing_percent_of_planned * 10 | round / 10)% of planned" else empty end,
+                    if (.run.duplicated // 0) > 0 then "dup \(.run.duplicated)" else empty end,
+                    if (.run.reordered // 0) > 0 then "reordered \(.run.reordered)" else empty end,
+                    if (.run.load_cpu_percent // 0) > 90 then "load tool saturated" else empty end
+                    ] | join(", ")' "$json")
+            else
+                note="no report (see $OUT_DIR/$tag.err)"
+            fi
+            # A problem in any run stays in the notes.
+            if [[ -z ${NOTE[$s,$w]:-} || $note == *LOST* || $note == *dup* || $note == *reordered* || $note == error* ]]; then
+                NOTE[$s,$w]=$note
+            fi
+            echo "   ${value:-?} $(unit "$w")  $note" >&2
+            PORT=$((PORT + 1))
+        done
+    done
+    for s in "${READY[@]}"; do
+        runs=${RUNS[$s,$w]:-}
+        [[ -n $runs ]] || continue
+        # The median run (the lower middle one for an even count), and the
+        # spread when there were several.
+        read -r -a sorted <<<"$(tr ' ' '\n' <<<"$runs" | sed '/^$/d' | sort -g | tr '\n' ' ')"
+        RESULT[$s,$w]=${sorted[$(((${#sorted[@]} - 1) / 2))]}
+        if ((${#sorted[@]} > 1)); then
+            NOTE[$s,$w]="median of ${#sorted[@]} (${sorted[0]}-${sorted[-1]})${NOTE[$s,$w]:+; ${NOTE[$s,$w]}}"
         fi
-        echo "   ${RESULT[$s,$w]:-?} $(unit "$w")  ${NOTE[$s,$w]}" >&2
-        PORT=$((PORT + 1))
     done
 done
 
