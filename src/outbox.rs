@@ -174,7 +174,8 @@ impl Outbox {
         std::future::poll_fn(|cx| self.poll_flush(cx, Pin::new(&mut *io))).await
     }
 
-    fn poll_flush<W: AsyncWrite>(
+    /// [`Outbox::flush`] as a poll, for a caller that is itself a poll.
+    pub fn poll_flush<W: AsyncWrite>(
         &mut self,
         cx: &mut Context<'_>,
         mut io: Pin<&mut W>,

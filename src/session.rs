@@ -27,6 +27,7 @@
 
 use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -35,7 +36,7 @@ use bytes::Bytes;
 use futures_util::{SinkExt as _, StreamExt as _};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::sync::broadcast::error::TryRecvError;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 use tokio_websockets::{CloseCode, Message, WebSocketStream};
 use tracing::{debug, info};
 
@@ -49,6 +50,9 @@ use crate::protocol::{
 /// Most room messages written in one turn before the loop looks at the
 /// client and at shutdown again.
 const MAX_BATCH: usize = 512;
+/// Most batches of room messages written within one wait before the
+/// socket, the timer and the mailbox get a look.
+const ROOM_WRITES_PER_POLL: usize = 4;
 /// How long a closing handshake may take before the socket is dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// After closing a connection for a fault, at most this much of what the
@@ -209,6 +213,20 @@ impl End {
     }
 }
 
+/// What a wait in the session's loop came back with.
+enum Woken {
+    /// Something to write or to look at: go round the loop.
+    Again,
+    /// The server is shutting down.
+    Shutdown,
+    /// A write of room messages failed.
+    WriteFailed(std::io::Error),
+    /// A frame from the client, or the end of the stream.
+    Frame(Option<Result<Message, tokio_websockets::Error>>),
+    /// The keepalive timer fired.
+    Timer,
+}
+
 struct Session<S> {
     ws: WebSocketStream<S>,
     encoding: Encoding,
@@ -301,30 +319,19 @@ where
                 }
             }
             // Then wait for the next thing to do, looking only at what the
-            // mailbox says woke us (see `mailbox`): a session its room woke
-            // goes straight to the room, without asking the socket.
-            let step = tokio::select! {
-                biased;
-                raised = poll_fn(|cx| self.mailbox.poll_raised(cx)) => {
-                    if self.mailbox.is_closing() {
-                        Err(End::Shutdown)
-                    } else {
-                        // Acted on in the turn that follows.
-                        self.due |= raised;
-                        Ok(())
-                    }
-                }
-                incoming = poll_fn(|_| poll_socket(&mut self.ws, &self.io_waker, &mut self.due, &mut self.ws_queued)),
-                    if self.due & mailbox::IO != 0 =>
-                {
+            // mailbox says woke us (see `mailbox`).
+            let timed = keepalive.is_some();
+            let step = match poll_fn(|cx| self.poll_wait(cx, timer.as_mut(), timed)).await {
+                Woken::Again => Ok(()),
+                Woken::Shutdown => Err(End::Shutdown),
+                Woken::WriteFailed(e) => Err(End::Failed(tokio_websockets::Error::Io(e))),
+                Woken::Frame(incoming) => {
                     if let Some(k) = &mut keepalive {
                         k.seen(Instant::now());
                     }
                     self.on_frame(incoming)
                 }
-                () = poll_fn(|_| timer.as_mut().poll(&mut Context::from_waker(&self.io_waker))),
-                    if keepalive.is_some() && self.due & mailbox::IO != 0 =>
-                {
+                Woken::Timer => {
                     // Re-armed below: poll it again so it registers.
                     self.due |= mailbox::IO;
                     match keepalive.as_mut().map(|k| k.on_timer(Instant::now())) {
@@ -341,13 +348,67 @@ where
                         None => Ok(()),
                     }
                 }
-                // More room or private messages than one turn takes: go on.
-                () = std::future::ready(()), if self.due & (mailbox::ROOM | mailbox::POST) != 0 => Ok(()),
             };
             if let Err(end) = step {
                 return end;
             }
         }
+    }
+
+    /// One look at what woke the session. Room messages that come while
+    /// nothing else is going on, the common case in a busy room, are taken
+    /// and written right here, within this one poll of the task; everything
+    /// else is handed to the loop in `serve`.
+    fn poll_wait(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut timer: Pin<&mut Sleep>,
+        timed: bool,
+    ) -> Poll<Woken> {
+        for _ in 0..ROOM_WRITES_PER_POLL {
+            if let Poll::Ready(raised) = self.mailbox.poll_raised(cx) {
+                if self.mailbox.is_closing() {
+                    return Poll::Ready(Woken::Shutdown);
+                }
+                self.due |= raised;
+            }
+            // tokio-websockets' own queue (pongs) goes first: the loop's
+            // write step handles that.
+            if self.due & mailbox::ROOM == 0 || self.ws_queued {
+                break;
+            }
+            self.take_ready(MAX_BATCH);
+            match self.outbox.poll_flush(cx, Pin::new(self.ws.get_mut())) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Woken::WriteFailed(e)),
+                // Blocked: the write step waits for it, minding shutdown
+                // and the keepalive deadline.
+                Poll::Pending => return Poll::Ready(Woken::Again),
+            }
+        }
+        if self.due & mailbox::IO != 0 {
+            if let Poll::Ready(incoming) = poll_socket(
+                &mut self.ws,
+                &self.io_waker,
+                &mut self.due,
+                &mut self.ws_queued,
+            ) {
+                return Poll::Ready(Woken::Frame(incoming));
+            }
+            if timed
+                && timer
+                    .as_mut()
+                    .poll(&mut Context::from_waker(&self.io_waker))
+                    .is_ready()
+            {
+                return Poll::Ready(Woken::Timer);
+            }
+        }
+        // More room or private messages than one turn takes: go on.
+        if self.due & (mailbox::ROOM | mailbox::POST) != 0 {
+            return Poll::Ready(Woken::Again);
+        }
+        Poll::Pending
     }
 
     /// Handles one frame from the client.
