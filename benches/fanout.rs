@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use chat::feed::Next;
 use chat::hub::{Hub, HubConfig};
 use chat::outbox::{Encoded, Outbox};
 use chat::protocol::{ChatLine, Encoding, Event};
@@ -84,7 +85,7 @@ fn fan_out(c: &mut Criterion) {
             .map(|i| hub.connect(SocketAddr::from(([127, 0, 0, 1], 10_000 + i as u16))))
             .collect();
         for c in &mut conns {
-            while c.joined.rx.try_recv().is_ok() {}
+            while c.joined.cursor.next().is_some() {}
         }
         let sender = conns[0].id;
         let mut outboxes: Vec<Outbox> = (0..members).map(|_| Outbox::new()).collect();
@@ -94,7 +95,7 @@ fn fan_out(c: &mut Criterion) {
                 hub.say(sender, &text).expect("valid text");
                 rt.block_on(async {
                     for (conn, outbox) in conns.iter_mut().zip(&mut outboxes) {
-                        if let Ok(shared) = conn.joined.rx.try_recv() {
+                        if let Some(Next::Event(shared)) = conn.joined.cursor.next() {
                             outbox.push_shared(shared, Encoding::Text);
                         }
                         outbox.flush(&mut Drain).await.expect("drain never fails");

@@ -1,5 +1,5 @@
 //! The hub: who is connected, their nicknames, the rooms with their members
-//! and history, and the broadcast channel of every room.
+//! and history, and the live feed of every room.
 //!
 //! All state sits behind one `std::sync::Mutex`. Every method is synchronous
 //! and short (no `.await`, no socket, no I/O under the lock), so a std mutex
@@ -9,13 +9,13 @@
 //!
 //! Publishing assigns the room's next sequence number, appends the line to
 //! the room's history, encodes the event once per encoding, sends one `Arc`
-//! through the room's `broadcast` channel and rings every member's
+//! through the room's [`Feed`] and rings every member's
 //! [`Mailbox`], all under the lock. So sequence order, history order and
 //! channel order are the same for every receiver, and a member who
 //! subscribes and snapshots the history in one critical section sees every
 //! line exactly once. That publish path is the seam where a backplane
 //! shared by several servers can later sit: sessions call the hub and take
-//! from a [`broadcast::Receiver`] and a [`Mailbox`], whoever fills them.
+//! from a [`Cursor`] and a [`Mailbox`], whoever fills them.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
@@ -23,7 +23,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use tokio::sync::broadcast;
+use crate::feed::{Cursor, Feed};
 
 pub use crate::mailbox::Mailbox;
 pub use crate::outbox::Encoded;
@@ -32,7 +32,7 @@ use crate::protocol::{
     DEFAULT_HISTORY_REPLAY, DEFAULT_ROOM,
 };
 
-/// Default capacity of each room's broadcast channel: how far (in messages)
+/// Default capacity of each room's feed: how far (in messages)
 /// a receiver may fall behind before it starts missing messages.
 pub const DEFAULT_CHANNEL_CAPACITY: usize = 4096;
 /// Default number of lines each room keeps for replay.
@@ -52,7 +52,7 @@ pub type Shared = Arc<Encoded>;
 pub struct HubConfig {
     /// Name shown in the welcome line.
     pub name: String,
-    /// Capacity of each room's broadcast channel.
+    /// Events each room's feed keeps for members that lag.
     pub channel_capacity: usize,
     /// Lines of history each room keeps (0: none).
     pub history_depth: usize,
@@ -198,9 +198,9 @@ fn replayed(shared: &Shared) -> Event {
 }
 
 struct Room {
-    /// The live channel; `None` while the room is empty, so an idle room
-    /// costs no channel buffer.
-    tx: Option<broadcast::Sender<Shared>>,
+    /// The live feed; it lets its events go when the last member's
+    /// cursor does, so an idle room keeps no events but its history.
+    feed: Feed,
     /// Members in joining order, with the mailbox each is rung through
     /// when the room has news.
     members: BTreeMap<MemberId, Arc<Mailbox>>,
@@ -212,38 +212,26 @@ struct Room {
 }
 
 impl Room {
-    fn new() -> Self {
+    fn new(capacity: usize) -> Self {
         Room {
-            tx: None,
+            feed: Feed::new(capacity),
             members: BTreeMap::new(),
             last_seq: 0,
             history: VecDeque::new(),
         }
     }
 
-    /// Sends to everyone in the room (nobody listening is fine), then
-    /// rings each member's mailbox: sessions take room messages with
-    /// `try_recv` when rung rather than waiting in the channel.
+    /// Publishes to everyone in the room (nobody listening is fine), then
+    /// rings each member's mailbox so its session takes it.
     fn send(&self, event: Event) -> Shared {
         let shared = Arc::new(Encoded::new(event));
-        if let Some(tx) = &self.tx {
-            let _ = tx.send(shared.clone());
+        if !self.members.is_empty() {
+            self.feed.publish(shared.clone());
             for mailbox in self.members.values() {
                 mailbox.ring();
             }
         }
         shared
-    }
-
-    fn subscribe(&mut self, capacity: usize) -> broadcast::Receiver<Shared> {
-        match &self.tx {
-            Some(tx) => tx.subscribe(),
-            None => {
-                let (tx, rx) = broadcast::channel(capacity);
-                self.tx = Some(tx);
-                rx
-            }
-        }
     }
 
     /// The last `n` kept lines, oldest first.
@@ -259,8 +247,8 @@ pub struct Joined {
     /// The room's name.
     pub room: String,
     /// Live events of the room, from the moment of joining.
-    pub rx: broadcast::Receiver<Shared>,
-    /// The room's recent history (replay it before anything from `rx`).
+    pub cursor: Cursor,
+    /// The room's recent history (replay it before anything from `cursor`).
     pub history: History,
 }
 
@@ -324,7 +312,9 @@ impl Hub {
     /// A hub with the room [`DEFAULT_ROOM`] and nobody in it.
     pub fn new(config: HubConfig) -> Self {
         let mut state = State::default();
-        state.rooms.insert(DEFAULT_ROOM.to_string(), Room::new());
+        state
+            .rooms
+            .insert(DEFAULT_ROOM.to_string(), Room::new(config.channel_capacity));
         Hub {
             inner: Arc::new(Inner {
                 config,
@@ -404,9 +394,9 @@ impl Hub {
         let room = state
             .rooms
             .entry(room_name.to_string())
-            .or_insert_with(Room::new);
+            .or_insert_with(|| Room::new(capacity));
         room.members.insert(id, mailbox);
-        let rx = room.subscribe(capacity);
+        let cursor = room.feed.subscribe();
         let history = History {
             room: room_name.to_string(),
             lines: room.recent(DEFAULT_HISTORY_REPLAY),
@@ -420,7 +410,7 @@ impl Hub {
         }
         Joined {
             room: room_name.to_string(),
-            rx,
+            cursor,
             history,
         }
     }
@@ -452,10 +442,10 @@ impl Hub {
         }
         room.members.remove(&id);
         if room.members.is_empty() {
-            // Nobody listens: free the channel buffer. A room that never
-            // had a line is forgotten; one with lines keeps its history and
-            // sequence numbers for those who come back.
-            room.tx = None;
+            // Nobody listens (the feed lets its events go with the last
+            // reader). A room that never had a line is forgotten; one with
+            // lines keeps its history and sequence numbers for those who
+            // come back.
             if room.last_seq == 0 && room_name != DEFAULT_ROOM {
                 state.rooms.remove(&room_name);
             }
@@ -723,6 +713,7 @@ fn new_epoch() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::feed::Next;
 
     fn addr(port: u16) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], port))
@@ -732,9 +723,14 @@ mod tests {
         String::from_utf8(shared.payload(crate::protocol::Encoding::Text).to_vec()).unwrap()
     }
 
-    /// Drains a receiver into text lines.
-    fn drain(rx: &mut broadcast::Receiver<Shared>) -> Vec<String> {
-        std::iter::from_fn(|| rx.try_recv().ok().map(|s| text(&s))).collect()
+    /// Drains a cursor into text lines.
+    fn drain(cursor: &mut Cursor) -> Vec<String> {
+        let mut lines = vec![];
+        cursor.read(usize::MAX, |step| match step {
+            Next::Event(s) => lines.push(text(&s)),
+            Next::Skipped(n) => panic!("{n} skipped"),
+        });
+        lines
     }
 
     #[test]
@@ -746,7 +742,7 @@ mod tests {
         hub.say(a.id, "one").unwrap();
         hub.say(b.id, "two").unwrap();
         assert_eq!(
-            drain(&mut a.joined.rx),
+            drain(&mut a.joined.cursor),
             [
                 "* 127.0.0.1:1 joined #lobby",
                 "* 127.0.0.1:2 joined #lobby",
@@ -755,22 +751,22 @@ mod tests {
             ]
         );
         assert_eq!(
-            drain(&mut b.joined.rx)[1..],
+            drain(&mut b.joined.cursor)[1..],
             ["127.0.0.1:1: one", "127.0.0.1:2: two"]
         );
         hub.disconnect(a.id, None);
         hub.disconnect(a.id, None);
         assert_eq!(hub.online(), 1);
-        assert_eq!(drain(&mut b.joined.rx), ["* 127.0.0.1:1 left #lobby"]);
+        assert_eq!(drain(&mut b.joined.cursor), ["* 127.0.0.1:1 left #lobby"]);
     }
 
     #[test]
     fn control_characters_are_not_published() {
         let hub = Hub::new(HubConfig::default());
         let mut a = hub.connect(addr(1));
-        drain(&mut a.joined.rx);
+        drain(&mut a.joined.cursor);
         assert!(hub.say(a.id, "evil\u{1b}[2J").is_err());
-        assert!(a.joined.rx.try_recv().is_err());
+        assert!(!a.joined.cursor.has_news());
     }
 
     #[test]
@@ -789,7 +785,7 @@ mod tests {
         assert_eq!(replay[0], "127.0.0.1:1: m4");
         hub.say(a.id, "m9").unwrap();
         assert_eq!(
-            drain(&mut b.joined.rx),
+            drain(&mut b.joined.cursor),
             ["* 127.0.0.1:2 joined #lobby", "127.0.0.1:1: m9"]
         );
         // Resuming after m5 replays m6..m9; asking for older loses some.
@@ -842,7 +838,7 @@ mod tests {
         });
         let a = hub.connect(addr(1));
         let mut joined = hub.join(a.id, "#rust").unwrap();
-        assert_eq!(drain(&mut joined.rx), ["* 127.0.0.1:1 joined #rust"]);
+        assert_eq!(drain(&mut joined.cursor), ["* 127.0.0.1:1 joined #rust"]);
         assert!(matches!(
             hub.join(a.id, "#go"),
             Err(HubError::TooManyRooms(2))
@@ -875,7 +871,7 @@ mod tests {
         hub.disconnect(c.id, None);
         hub.disconnect(b.id, None);
         assert_eq!(
-            drain(&mut a.joined.rx),
+            drain(&mut a.joined.cursor),
             [
                 "* 127.0.0.1:1 joined #lobby",
                 "* 127.0.0.1:2 joined #lobby",

@@ -8,8 +8,10 @@
 //!   checked at accept, before any byte is read.
 //! - [`handshake`]: reads and answers the HTTP request that opens a
 //!   connection, with a size cap; the WebSocket upgrade decision lives here.
-//! - [`hub`]: members, rooms and their broadcast channels. Synchronous; never
+//! - [`hub`]: members, rooms, their feeds and history. Synchronous; never
 //!   touches a socket.
+//! - [`feed`]: a room's live events in order, bounded, read through one
+//!   cursor per member.
 //! - [`mailbox`]: a member's private queue and shutdown flag, and the
 //!   wake-up bits that tell its session what woke it.
 //! - [`outbox`]: outgoing frames, framed once per event and written to a
@@ -26,6 +28,7 @@
 
 pub mod admission;
 pub mod client;
+pub mod feed;
 pub mod handshake;
 pub mod hub;
 pub mod mailbox;

@@ -35,12 +35,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::{SinkExt as _, StreamExt as _};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
-use tokio::sync::broadcast::error::TryRecvError;
 use tokio::time::{Instant, Sleep};
 use tokio_websockets::{CloseCode, Message, WebSocketStream};
 use tracing::{debug, info};
 
-use crate::hub::{History, Hub, Joined, MemberId, Shared};
+use crate::feed::{Cursor, Next, Taken};
+use crate::hub::{History, Hub, Joined, MemberId};
 use crate::mailbox::{self, Mailbox};
 use crate::outbox::{text_frame, Outbox};
 use crate::protocol::{
@@ -148,7 +148,7 @@ where
         encoding,
         hub,
         id: connected.id,
-        rx: connected.joined.rx,
+        cursor: connected.joined.cursor,
         io_waker: connected.mailbox.io_waker(),
         mailbox: connected.mailbox,
         // Look at everything on the first turn.
@@ -232,7 +232,8 @@ struct Session<S> {
     encoding: Encoding,
     hub: Hub,
     id: MemberId,
-    rx: tokio::sync::broadcast::Receiver<Shared>,
+    /// This member's place in its room's feed.
+    cursor: Cursor,
     /// Private messages, shutdown, and what woke the session.
     mailbox: Arc<Mailbox>,
     /// The waker the socket and the timer are polled with: it raises
@@ -539,7 +540,7 @@ where
         // Whatever the old room sent before we left, rung or not yet.
         self.due |= mailbox::ROOM;
         self.take_ready(usize::MAX);
-        self.rx = joined.rx;
+        self.cursor = joined.cursor;
         self.due |= mailbox::ROOM;
         self.replay(&joined.history);
     }
@@ -572,15 +573,17 @@ where
         }
         if self.due & mailbox::ROOM != 0 {
             self.due &= !mailbox::ROOM;
-            for _ in 0..max {
-                match self.rx.try_recv() {
-                    Ok(shared) => self.outbox.push_shared(shared, self.encoding),
-                    Err(TryRecvError::Lagged(count)) => self.reply(&Event::Skipped { count }),
-                    Err(TryRecvError::Empty | TryRecvError::Closed) => return,
-                }
+            let (outbox, encoding) = (&mut self.outbox, self.encoding);
+            let taken = self.cursor.read(max, |step| match step {
+                Next::Event(shared) => outbox.push_shared(shared, encoding),
+                Next::Skipped(count) => outbox.push(text_frame(
+                    Event::Skipped { count }.to_encoding(encoding).as_bytes(),
+                )),
+            });
+            if taken == Taken::More {
+                // Stopped at `max` with more waiting: the rest next turn.
+                self.due |= mailbox::ROOM;
             }
-            // Stopped at `max` with more waiting: the rest next turn.
-            self.due |= mailbox::ROOM;
         }
     }
 
