@@ -112,11 +112,6 @@ impl Mailbox {
         }
     }
 
-    /// Takes the raised bits without waiting.
-    pub fn take_raised(&self) -> u8 {
-        self.raised.swap(0, Ordering::AcqRel)
-    }
-
     /// A waker for the session's socket and timer: waking it raises [`IO`].
     pub fn io_waker(self: &Arc<Self>) -> Waker {
         Waker::from(self.clone())
@@ -183,7 +178,7 @@ mod tests {
 
         mailbox.close();
         assert!(mailbox.is_closing());
-        assert_eq!(mailbox.take_raised(), POST);
+        assert_eq!(mailbox.poll_raised(&mut cx), Poll::Ready(POST));
     }
 
     #[test]

@@ -1,13 +1,16 @@
 //! One chat connection after its WebSocket upgrade: with `outbox`, the only
 //! server code that speaks WebSocket.
 //!
-//! A session is one task running one loop. Each turn it waits for whichever
-//! comes first — a frame from the client, a message from its room or for it
-//! alone, the keepalive timer, or shutdown — handles it, and then writes:
-//! every reply it owes, then every room message already waiting in its
-//! receiver, all in one [`Outbox`] written with as few vectored writes as the
-//! socket allows. A busy connection therefore gets many frames per `writev`,
-//! which is where the fan-out's speed comes from.
+//! A session is one task running one loop. Each turn it writes — every
+//! reply it owes, then every room message waiting past its cursor, all in
+//! one [`Outbox`] written with as few vectored writes as the socket allows —
+//! and then waits for what comes next: a frame from the client, news from
+//! its room, a private message, the keepalive timer, or shutdown. A busy
+//! connection therefore gets many frames per `writev`, which is where the
+//! fan-out's speed comes from. The wait looks only at what its
+//! [`Mailbox`]'s bits say woke it, and room messages that come while nothing
+//! else is going on are written within the wait itself
+//! (`Session::poll_wait`): in a busy room most wake-ups are one message.
 //!
 //! Reading, pongs and closing go through tokio-websockets; data frames and
 //! pings go through the outbox, straight to the stream underneath. The two
