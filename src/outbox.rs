@@ -20,7 +20,7 @@ use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 
-use bytes::{BufMut as _, Bytes, BytesMut};
+use bytes::{Buf as _, BufMut as _, Bytes, BytesMut};
 use tokio::io::AsyncWrite;
 
 use crate::protocol::{Encoding, Event};
@@ -29,6 +29,8 @@ use crate::protocol::{Encoding, Event};
 /// about a hundred the syscall's fixed cost is already spread thin, and the
 /// slice array is rebuilt on the stack at every write.
 const MAX_IOVECS: usize = 128;
+/// Queues this short are written with a slice array this long.
+const FEW_IOVECS: usize = 8;
 /// A queue that grew past this many slots in a burst is shrunk back to
 /// [`IDLE_QUEUE_CAPACITY`] once empty, so a burst does not pin memory to an
 /// idle connection; below it, the capacity is kept to avoid reallocating at
@@ -39,20 +41,59 @@ const IDLE_QUEUE_CAPACITY: usize = 32;
 
 /// An unmasked, final text frame carrying `payload` (RFC 6455, 5.2).
 pub fn text_frame(payload: &[u8]) -> Bytes {
-    let len = payload.len();
-    let mut frame = BytesMut::with_capacity(len + 10);
-    frame.put_u8(0x81); // FIN + opcode 1 (text)
-    if len < 126 {
-        frame.put_u8(len as u8);
-    } else if let Ok(len) = u16::try_from(len) {
-        frame.put_u8(126);
-        frame.put_u16(len);
-    } else {
-        frame.put_u8(127);
-        frame.put_u64(len as u64);
-    }
+    let (header, n) = header_for(payload.len());
+    let mut frame = BytesMut::with_capacity(n + payload.len());
+    frame.put_slice(&header[..n]);
     frame.put_slice(payload);
     frame.freeze()
+}
+
+/// The longest frame header: 2 bytes, 8 more for a 64-bit length.
+const MAX_HEADER: usize = 10;
+
+/// Frames an event in one buffer, without copying it: the payload is
+/// encoded after room for the longest header, and the header then goes
+/// just before it.
+fn frame_event(event: &Event, encoding: Encoding) -> Bytes {
+    let mut buf = match encoding {
+        Encoding::Text => {
+            let mut text = String::with_capacity(MAX_HEADER + event.size_hint());
+            text.push_str(&"\0".repeat(MAX_HEADER));
+            event.write_text(&mut text);
+            text.into_bytes()
+        }
+        Encoding::Json => {
+            let mut json = Vec::with_capacity(MAX_HEADER + event.size_hint());
+            json.resize(MAX_HEADER, 0);
+            event.write_json(&mut json);
+            json
+        }
+    };
+    let (header, n) = header_for(buf.len() - MAX_HEADER);
+    let start = MAX_HEADER - n;
+    buf[start..MAX_HEADER].copy_from_slice(&header[..n]);
+    let mut frame = Bytes::from(buf);
+    frame.advance(start);
+    frame
+}
+
+/// The header of an unmasked, final text frame with `len` bytes of payload
+/// (RFC 6455, 5.2), and how many of its bytes are used.
+fn header_for(len: usize) -> ([u8; MAX_HEADER], usize) {
+    let mut header = [0; MAX_HEADER];
+    header[0] = 0x81; // FIN + opcode 1 (text)
+    if len < 126 {
+        header[1] = len as u8;
+        (header, 2)
+    } else if let Ok(len) = u16::try_from(len) {
+        header[1] = 126;
+        header[2..4].copy_from_slice(&len.to_be_bytes());
+        (header, 4)
+    } else {
+        header[1] = 127;
+        header[2..10].copy_from_slice(&(len as u64).to_be_bytes());
+        (header, 10)
+    }
 }
 
 /// An event, framed once per encoding on first use and then shared by
@@ -89,7 +130,7 @@ impl Encoded {
             Encoding::Text => &self.text,
             Encoding::Json => &self.json,
         };
-        cell.get_or_init(|| text_frame(self.event.to_encoding(encoding).as_bytes()))
+        cell.get_or_init(|| frame_event(&self.event, encoding))
     }
 
     /// Just the payload (the encoded event) for one encoding.
@@ -193,22 +234,18 @@ impl Outbox {
                 self.advance(n);
                 continue;
             }
-            let n = {
-                // The slices live only inside this poll, not in the
-                // future's state, so they cost no memory per connection.
-                let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
-                let mut count = 0;
-                for (i, frame) in self.queue.iter().take(MAX_IOVECS).enumerate() {
-                    let skip = if i == 0 { self.written } else { 0 };
-                    slices[i] = IoSlice::new(&frame.bytes()[skip..]);
-                    count += 1;
-                }
-                match io.as_mut().poll_write_vectored(cx, &slices[..count]) {
-                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                    Poll::Ready(Ok(n)) => n,
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                    Poll::Pending => return Poll::Pending,
-                }
+            // A short queue gets a short slice array: filling 128 empty
+            // slices costs more than writing a few frames.
+            let written = if self.queue.len() <= FEW_IOVECS {
+                self.poll_write_slices::<W, FEW_IOVECS>(cx, io.as_mut())
+            } else {
+                self.poll_write_slices::<W, MAX_IOVECS>(cx, io.as_mut())
+            };
+            let n = match written {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
             };
             self.advance(n);
         }
@@ -216,6 +253,24 @@ impl Outbox {
             self.queue.shrink_to(IDLE_QUEUE_CAPACITY);
         }
         io.poll_flush(cx)
+    }
+
+    /// One vectored write of the first `N` frames at most. The slices live
+    /// only inside this poll, not in the future's state, so they cost no
+    /// memory per connection.
+    fn poll_write_slices<W: AsyncWrite, const N: usize>(
+        &self,
+        cx: &mut Context<'_>,
+        io: Pin<&mut W>,
+    ) -> Poll<io::Result<usize>> {
+        let mut slices = [IoSlice::new(&[]); N];
+        let mut count = 0;
+        for (i, frame) in self.queue.iter().take(N).enumerate() {
+            let skip = if i == 0 { self.written } else { 0 };
+            slices[i] = IoSlice::new(&frame.bytes()[skip..]);
+            count += 1;
+        }
+        io.poll_write_vectored(cx, &slices[..count])
     }
 
     /// Drops `n` written bytes from the front of the queue.
@@ -266,6 +321,20 @@ mod tests {
             let enc = Encoded::new(Event::Info { text: text.clone() });
             let payload = enc.payload(Encoding::Text);
             assert_eq!(payload, format!("* {text}").into_bytes());
+        }
+    }
+
+    #[test]
+    fn an_event_framed_in_place_equals_its_payload_framed_by_copy() {
+        for len in [0, 1, 60, 125, 126, 200, 65_535, 70_000] {
+            let event = Event::Info {
+                text: "z".repeat(len),
+            };
+            let enc = Encoded::new(event.clone());
+            for encoding in [Encoding::Text, Encoding::Json] {
+                let by_copy = text_frame(event.to_encoding(encoding).as_bytes());
+                assert_eq!(enc.frame(encoding), &by_copy, "len {len}, {encoding:?}");
+            }
         }
     }
 

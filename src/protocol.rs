@@ -251,6 +251,13 @@ impl std::fmt::Display for TextError {
 /// move the cursor in other users' terminals, so they are refused, not
 /// silently stripped: the sender is told and nothing is lost unknowingly.
 pub fn validate_text(text: &str) -> Result<(), TextError> {
+    // Printable ASCII, the usual case, needs no decoding.
+    if text
+        .bytes()
+        .all(|b| (0x20..0x7f).contains(&b) || b == b'\t')
+    {
+        return Ok(());
+    }
     if text.chars().any(|c| c.is_control() && c != '\t') {
         return Err(TextError::ControlCharacter);
     }
@@ -440,6 +447,9 @@ fn short_name(out: &mut String, nick: Option<&str>, addr: SocketAddr) {
     };
 }
 
+/// What an event that cannot be serialised (none can) is sent as.
+const JSON_FALLBACK: &str = "{\"type\":\"error\"}";
+
 impl Event {
     /// The human-readable one-line form.
     ///
@@ -448,7 +458,27 @@ impl Event {
     /// notices and actions with `* `, errors with `! `, so a reader can
     /// tell them apart by the first character.
     pub fn to_text(&self) -> String {
-        let mut out = String::new();
+        let mut out = String::with_capacity(self.size_hint());
+        self.write_text(&mut out);
+        out
+    }
+
+    /// About how many bytes the encoded event takes: enough that encoding
+    /// it rarely grows the buffer.
+    pub fn size_hint(&self) -> usize {
+        let text = match self {
+            Event::Message(line) | Event::Action(line) => {
+                line.text.len() + line.nick.as_ref().map_or(0, String::len)
+            }
+            Event::Private { text, .. } => text.len(),
+            _ => 0,
+        };
+        // Addresses, names and (for JSON) field names around it.
+        text + 224
+    }
+
+    /// [`Event::to_text`], appended to `out`.
+    pub fn write_text(&self, out: &mut String) {
         match self {
             Event::Welcome {
                 server,
@@ -463,13 +493,13 @@ impl Event {
                 );
             }
             Event::Message(line) => {
-                full_name(&mut out, line.nick.as_deref(), line.from);
+                full_name(out, line.nick.as_deref(), line.from);
                 out.push_str(": ");
                 out.push_str(&line.text);
             }
             Event::Action(line) => {
                 out.push_str("* ");
-                short_name(&mut out, line.nick.as_deref(), line.from);
+                short_name(out, line.nick.as_deref(), line.from);
                 out.push(' ');
                 out.push_str(&line.text);
             }
@@ -482,15 +512,15 @@ impl Event {
                 ..
             } => {
                 out.push_str("(private) ");
-                full_name(&mut out, nick.as_deref(), *from);
+                full_name(out, nick.as_deref(), *from);
                 out.push_str(" -> ");
-                full_name(&mut out, to_nick.as_deref(), *to);
+                full_name(out, to_nick.as_deref(), *to);
                 out.push_str(": ");
                 out.push_str(text);
             }
             Event::Joined { room, addr, nick } => {
                 out.push_str("* ");
-                full_name(&mut out, nick.as_deref(), *addr);
+                full_name(out, nick.as_deref(), *addr);
                 let _ = write!(out, " joined {room}");
             }
             Event::Left {
@@ -500,7 +530,7 @@ impl Event {
                 reason,
             } => {
                 out.push_str("* ");
-                short_name(&mut out, nick.as_deref(), *addr);
+                short_name(out, nick.as_deref(), *addr);
                 let _ = write!(out, " left {room}");
                 if let Some(reason) = reason {
                     let _ = write!(out, " ({reason})");
@@ -508,7 +538,7 @@ impl Event {
             }
             Event::Nick { addr, old, new } => {
                 out.push_str("* ");
-                short_name(&mut out, old.as_deref(), *addr);
+                short_name(out, old.as_deref(), *addr);
                 let _ = write!(out, " is now known as {new}");
             }
             Event::Who { room, members } => {
@@ -517,7 +547,7 @@ impl Event {
                     if i > 0 {
                         out.push_str(", ");
                     }
-                    full_name(&mut out, m.nick.as_deref(), m.addr);
+                    full_name(out, m.nick.as_deref(), m.addr);
                 }
             }
             Event::Rooms { rooms } => {
@@ -567,13 +597,21 @@ impl Event {
                 let _ = write!(out, "! {message}");
             }
         }
-        out
     }
 
     /// The JSON form.
     pub fn to_json(&self) -> String {
         // Serialising plain strings, numbers and addresses cannot fail.
-        serde_json::to_string(self).unwrap_or_else(|_| String::from("{\"type\":\"error\"}"))
+        serde_json::to_string(self).unwrap_or_else(|_| String::from(JSON_FALLBACK))
+    }
+
+    /// [`Event::to_json`], appended to `out`.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        let start = out.len();
+        if serde_json::to_writer(&mut *out, self).is_err() {
+            out.truncate(start);
+            out.extend_from_slice(JSON_FALLBACK.as_bytes());
+        }
     }
 
     /// The form for one encoding.
