@@ -16,7 +16,7 @@
 //! event.)
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::outbox::Encoded;
@@ -35,6 +35,9 @@ struct Inner {
     /// The kept events, at positions `published - kept.len() .. published`.
     kept: Mutex<VecDeque<Arc<Encoded>>>,
     capacity: usize,
+    /// The room still holds its [`Feed`] (a room without members or lines
+    /// is forgotten while cursors may still read what it sent last).
+    open: AtomicBool,
 }
 
 impl Inner {
@@ -54,6 +57,7 @@ impl Feed {
                 published: AtomicU64::new(0),
                 kept: Mutex::new(VecDeque::new()),
                 capacity: capacity.max(1),
+                open: AtomicBool::new(true),
             }),
         }
     }
@@ -142,6 +146,14 @@ impl Cursor {
     }
 }
 
+impl Drop for Feed {
+    fn drop(&mut self) {
+        // From now on the handles left are cursors; the last one frees all.
+        let _kept = self.inner.kept();
+        self.inner.open.store(false, Ordering::Release);
+    }
+}
+
 impl Drop for Cursor {
     fn drop(&mut self) {
         // The last reader gone (the other handle is the room's feed): nobody
@@ -149,7 +161,7 @@ impl Drop for Cursor {
         // takes, so no cursor can appear between the check and the clearing;
         // one made after starts past them anyway.
         let mut kept = self.inner.kept();
-        if Arc::strong_count(&self.inner) == 2 {
+        if self.inner.open.load(Ordering::Acquire) && Arc::strong_count(&self.inner) == 2 {
             kept.clear();
             kept.shrink_to_fit();
         }
@@ -286,5 +298,16 @@ mod tests {
         feed.publish(event(2));
         assert!(matches!(c.next(), Some(Next::Event(s)) if number(&s) == 2));
         assert!(c.next().is_none());
+    }
+
+    #[test]
+    fn readers_left_behind_by_a_forgotten_room_still_read_its_last_events() {
+        let feed = Feed::new(4);
+        let mut a = feed.subscribe();
+        let b = feed.subscribe();
+        feed.publish(event(7));
+        drop(feed);
+        drop(b);
+        assert!(matches!(a.next(), Some(Next::Event(s)) if number(&s) == 7));
     }
 }
