@@ -209,7 +209,9 @@ for w in "${WORKLOADS[@]}"; do
                     then "LOST \(.run.missing_percent_of_planned * 10 | round / 10)% of planned" else empty end,
                     if (.run.duplicated // 0) > 0 then "dup \(.run.duplicated)" else empty end,
                     if (.run.reordered // 0) > 0 then "reordered \(.run.reordered)" else empty end,
-                    if (.run.load_cpu_percent // 0) > 90 then "load tool saturated" else empty end
+                    if (.run.load_cpu_percent // 0) > 90 then "load tool saturated" else empty end,
+                    if .run.load_core_wakeups and (.run.delivered // 0) > 0
+                    then "load core woken \(1000 * .run.load_core_wakeups / .run.delivered * 10 | round / 10)/1k deliveries" else empty end
                     ] | join(", ")' "$json")
             else
                 note="no report (see $OUT_DIR/$tag.err)"

@@ -1,4 +1,5 @@
-//! CPU time and resident memory of a process, read from Linux's /proc.
+//! CPU time and resident memory of a process, and the wake-ups of a core,
+//! read from Linux's /proc.
 //!
 //! CPU comes from utime+stime in /proc/PID/stat, which covers all of the
 //! process's threads (exited ones too), in clock ticks. /proc/PID/schedstat
@@ -39,6 +40,39 @@ pub fn check_pid(pid: u32) -> Result<()> {
     Ok(())
 }
 
+/// The one core this process may run on (as `taskset -c N` leaves it), or
+/// `None` if it may run on several.
+pub fn own_core() -> Option<usize> {
+    let status = fs::read_to_string("/proc/self/status").ok()?;
+    parse_single_cpu(&status)
+}
+
+/// Function-call interrupts core `cpu` has received since boot: how Linux
+/// wakes a sleeping core to run a task that became ready, among other
+/// things. `None` where /proc/interrupts has no such line.
+pub fn call_interrupts(cpu: usize) -> Option<u64> {
+    let text = fs::read_to_string("/proc/interrupts").ok()?;
+    parse_call_interrupts(&text, cpu)
+}
+
+fn parse_single_cpu(status: &str) -> Option<usize> {
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("Cpus_allowed_list:"))?;
+    line.split_once(':')?.1.trim().parse().ok()
+}
+
+fn parse_call_interrupts(interrupts: &str, cpu: usize) -> Option<u64> {
+    let mut lines = interrupts.lines();
+    // The header names the columns: "CPU0 CPU1 ..." (offline CPUs are left out).
+    let column = lines
+        .next()?
+        .split_ascii_whitespace()
+        .position(|name| name == format!("CPU{cpu}"))?;
+    let line = lines.find(|l| l.trim_start().starts_with("CAL:"))?;
+    line.split_ascii_whitespace().nth(1 + column)?.parse().ok()
+}
+
 fn clock_ticks_per_second() -> u64 {
     // sysconf(_SC_CLK_TCK); rustix wraps it without unsafe code on our side.
     rustix::param::clock_ticks_per_second().max(1)
@@ -69,6 +103,24 @@ mod tests {
     fn parses_stat_with_awkward_command_name() {
         let stat = "1234 (my (odd) srv) S 1 1234 1234 0 -1 4194560 100 0 0 0 250 17 0 0 20 0 4 0 999 1000 200";
         assert_eq!(parse_stat_cpu_ticks(stat), Some(267));
+    }
+
+    #[test]
+    fn finds_the_single_allowed_cpu() {
+        assert_eq!(
+            parse_single_cpu("Name:\tx\nCpus_allowed_list:\t1\n"),
+            Some(1)
+        );
+        assert_eq!(parse_single_cpu("Cpus_allowed_list:\t0-1\n"), None);
+        assert_eq!(parse_single_cpu("Cpus_allowed_list:\t0,2\n"), None);
+    }
+
+    #[test]
+    fn reads_the_call_interrupts_of_one_cpu() {
+        let text = "           CPU0       CPU1\n  0:         37          0   IO-APIC   2-edge      timer\nLOC:    1519693    1759973   Local timer interrupts\nCAL:    1565799   13702413   Function call interrupts\n";
+        assert_eq!(parse_call_interrupts(text, 0), Some(1565799));
+        assert_eq!(parse_call_interrupts(text, 1), Some(13702413));
+        assert_eq!(parse_call_interrupts(text, 2), None);
     }
 
     #[test]

@@ -56,6 +56,11 @@ pub struct RunStats {
     /// CPU the load tool itself used over the window, in percent of one core:
     /// near 100 means the tool, not the server, may have been the bottleneck.
     pub load_cpu_percent: Option<f64>,
+    /// Function-call interrupts the load tool's core received over the
+    /// window, when the tool is pinned to one core (`taskset -c N`): mostly
+    /// wake-ups. Many mean the tool kept falling asleep between deliveries,
+    /// that is, the server delivered more slowly than the tool reads.
+    pub load_core_wakeups: Option<u64>,
 }
 
 /// Everything measured. Optional parts are null when not measured.
@@ -106,6 +111,7 @@ pub struct RunInput<'a> {
     pub foreign: u64,
     pub latency_us: &'a Histogram<u64>,
     pub load_cpu_seconds: Option<f64>,
+    pub load_core_wakeups: Option<u64>,
     pub wall: f64,
 }
 
@@ -190,6 +196,7 @@ impl Report {
                 .load_cpu_seconds
                 .filter(|_| r.wall > 0.0)
                 .map(|c| 100.0 * c / r.wall),
+            load_core_wakeups: r.load_core_wakeups,
         });
     }
 
@@ -299,6 +306,17 @@ impl Report {
                     ""
                 };
                 t.row("load tool CPU", &format!("{p:.0}% of one core{hint}"));
+            }
+            if let Some(w) = r.load_core_wakeups {
+                let per_k = if r.counts.delivered > 0 {
+                    1000.0 * w as f64 / r.counts.delivered as f64
+                } else {
+                    0.0
+                };
+                t.row(
+                    "load wake-ups",
+                    &format!("{w} function-call interrupts ({per_k:.1} per 1000 deliveries)"),
+                );
             }
             if r.foreign_frames > 0 {
                 t.row("foreign frames", &r.foreign_frames.to_string());

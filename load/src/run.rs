@@ -182,6 +182,8 @@ pub async fn run(args: &Args) -> Result<Report> {
     // Measured window starts here.
     let cpu0 = server.map(proc_stats::cpu_seconds).transpose()?;
     let own_cpu0 = proc_stats::own_cpu_seconds().ok();
+    let load_core = proc_stats::own_core();
+    let wakeups0 = load_core.and_then(proc_stats::call_interrupts);
     let t0 = Instant::now();
     let t0_ns = clock::ns_of(t0);
 
@@ -256,6 +258,7 @@ pub async fn run(args: &Args) -> Result<Report> {
 
     let cpu1 = server.map(proc_stats::cpu_seconds).transpose()?;
     let own_cpu1 = proc_stats::own_cpu_seconds().ok();
+    let wakeups1 = load_core.and_then(proc_stats::call_interrupts);
     let wall = t0.elapsed().as_secs_f64();
     report.server_rss_kib_end = rss(server);
 
@@ -302,6 +305,7 @@ pub async fn run(args: &Args) -> Result<Report> {
         foreign: logs.iter().map(|l| l.foreign).sum(),
         latency_us: &latency,
         load_cpu_seconds: own_cpu0.zip(own_cpu1).map(|(a, b)| b - a),
+        load_core_wakeups: wakeups0.zip(wakeups1).map(|(a, b)| b.saturating_sub(a)),
         wall,
     });
     report.clients_disconnected = Some(shared.disconnected.load(Relaxed));
