@@ -128,9 +128,8 @@ impl Cursor {
         let kept = self.inner.kept();
         let published = self.inner.published.load(Ordering::Acquire);
         let first = published - kept.len() as u64;
-        if self.next < first {
-            each(Next::Skipped(first - self.next));
-            self.next = first;
+        if let Some(missed) = catch_up(&mut self.next, first) {
+            each(Next::Skipped(missed));
         }
         let from = (self.next - first) as usize;
         let n = (kept.len() - from).min(max);
@@ -144,6 +143,14 @@ impl Cursor {
             Taken::More
         }
     }
+}
+
+/// Moves a cursor position `next` that fell behind `first`, the oldest kept
+/// position, up to it, and says how many events it missed.
+fn catch_up(next: &mut u64, first: u64) -> Option<u64> {
+    let missed = first.checked_sub(*next).filter(|&n| n > 0)?;
+    *next = first;
+    Some(missed)
 }
 
 impl Drop for Feed {
@@ -180,9 +187,7 @@ impl Iterator for Cursor {
         }
         let kept = self.inner.kept();
         let first = self.inner.published.load(Ordering::Acquire) - kept.len() as u64;
-        if self.next < first {
-            let missed = first - self.next;
-            self.next = first;
+        if let Some(missed) = catch_up(&mut self.next, first) {
             return Some(Next::Skipped(missed));
         }
         let shared = kept.get((self.next - first) as usize)?.clone();

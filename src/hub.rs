@@ -11,7 +11,7 @@
 //! the room's history, encodes the event once per encoding, sends one `Arc`
 //! through the room's [`Feed`] and rings every member's
 //! [`Mailbox`], all under the lock. So sequence order, history order and
-//! channel order are the same for every receiver, and a member who
+//! feed order are the same for every receiver, and a member who
 //! subscribes and snapshots the history in one critical section sees every
 //! line exactly once. That publish path is the seam where a backplane
 //! shared by several servers can later sit: sessions call the hub and take
@@ -44,7 +44,7 @@ pub const DEFAULT_MAX_ROOMS: usize = 1000;
 /// delivery per member (a room filling up would cost O(members²)).
 pub const DEFAULT_PRESENCE_LIMIT: usize = 100;
 
-/// What a room's channel carries: an event encoded once, shared by all.
+/// What a room's feed carries: an event encoded once, shared by all.
 pub type Shared = Arc<Encoded>;
 
 /// Settings of the hub.
@@ -175,7 +175,7 @@ struct Member {
     addr: SocketAddr,
     nick: Option<String>,
     room: String,
-    /// Events for this member alone (private messages).
+    /// Private messages for this member, and its session's wake-ups.
     mailbox: Arc<Mailbox>,
 }
 
@@ -207,7 +207,7 @@ struct Room {
     /// Sequence number of the last line published here (0: none yet).
     last_seq: u64,
     /// The most recent lines, oldest first: the very events that were
-    /// broadcast, so history and live delivery cannot disagree.
+    /// published, so history and live delivery cannot disagree.
     history: VecDeque<Shared>,
 }
 

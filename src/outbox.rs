@@ -51,14 +51,14 @@ pub fn text_frame(payload: &[u8]) -> Bytes {
 /// The longest frame header: 2 bytes, 8 more for a 64-bit length.
 const MAX_HEADER: usize = 10;
 
-/// Frames an event in one buffer, without copying it: the payload is
-/// encoded after room for the longest header, and the header then goes
-/// just before it.
-fn frame_event(event: &Event, encoding: Encoding) -> Bytes {
+/// The frame of an event in one encoding, built in one buffer without a
+/// copy: the payload is encoded after room for the longest header, and the
+/// header then goes just before it.
+pub fn frame_event(event: &Event, encoding: Encoding) -> Bytes {
     let mut buf = match encoding {
         Encoding::Text => {
             let mut text = String::with_capacity(MAX_HEADER + event.size_hint());
-            text.push_str(&"\0".repeat(MAX_HEADER));
+            text.extend(std::iter::repeat_n('\0', MAX_HEADER));
             event.write_text(&mut text);
             text.into_bytes()
         }

@@ -45,7 +45,7 @@ use tracing::{debug, info};
 use crate::feed::{Cursor, Next, Taken};
 use crate::hub::{History, Hub, Joined, MemberId};
 use crate::mailbox::{self, Mailbox};
-use crate::outbox::{text_frame, Outbox};
+use crate::outbox::{frame_event, Outbox};
 use crate::protocol::{
     parse_command, parse_input, Command, Encoding, Event, Input, DEFAULT_HISTORY_REPLAY,
 };
@@ -561,8 +561,7 @@ where
 
     /// Queues an event for this client alone.
     fn reply(&mut self, event: &Event) {
-        let frame = text_frame(event.to_encoding(self.encoding).as_bytes());
-        self.outbox.push(frame);
+        self.outbox.push(frame_event(event, self.encoding));
     }
 
     /// Moves every waiting private message and up to `max` waiting room
@@ -579,9 +578,9 @@ where
             let (outbox, encoding) = (&mut self.outbox, self.encoding);
             let taken = self.cursor.read(max, |step| match step {
                 Next::Event(shared) => outbox.push_shared(shared, encoding),
-                Next::Skipped(count) => outbox.push(text_frame(
-                    Event::Skipped { count }.to_encoding(encoding).as_bytes(),
-                )),
+                Next::Skipped(count) => {
+                    outbox.push(frame_event(&Event::Skipped { count }, encoding))
+                }
             });
             if taken == Taken::More {
                 // Stopped at `max` with more waiting: the rest next turn.
