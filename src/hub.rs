@@ -8,9 +8,10 @@
 //! small API and never see its state.
 //!
 //! Publishing assigns the room's next sequence number, appends the line to
-//! the room's history, encodes the event once per encoding, sends one `Arc`
-//! through the room's [`Feed`] and rings every member's
-//! [`Mailbox`], all under the lock. So sequence order, history order and
+//! the room's history, sends one `Arc` through the room's [`Feed`] and tells
+//! the room's writer (`writer.rs`) a pass is owed, all under the lock; the
+//! writer then takes the line to every member, writing it itself for idle
+//! ones and ringing the [`Mailbox`] of busy ones. So sequence order, history order and
 //! feed order are the same for every receiver, and a member who
 //! subscribes and snapshots the history in one critical section sees every
 //! line exactly once. That publish path is the seam where a backplane
@@ -24,6 +25,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::feed::{Cursor, Feed};
+use crate::writer::RoomWriter;
 
 pub use crate::mailbox::Mailbox;
 pub use crate::outbox::Encoded;
@@ -201,9 +203,10 @@ struct Room {
     /// The live feed; it lets its events go when the last member's
     /// cursor does, so an idle room keeps no events but its history.
     feed: Feed,
-    /// Members in joining order, with the mailbox each is rung through
-    /// when the room has news.
+    /// Members in joining order, with their mailboxes.
     members: BTreeMap<MemberId, Arc<Mailbox>>,
+    /// Takes what the feed gets to the members (the same mailboxes).
+    writer: Arc<RoomWriter>,
     /// Sequence number of the last line published here (0: none yet).
     last_seq: u64,
     /// The most recent lines, oldest first: the very events that were
@@ -216,28 +219,45 @@ impl Room {
         Room {
             feed: Feed::new(capacity),
             members: BTreeMap::new(),
+            writer: RoomWriter::new(),
             last_seq: 0,
             history: VecDeque::new(),
         }
     }
 
-    /// Publishes to everyone in the room (nobody listening is fine), then
-    /// rings each member's mailbox so its session takes it.
+    /// Publishes to everyone in the room (nobody listening is fine); the
+    /// room's writer takes it to them.
     fn send(&self, event: Event) -> Shared {
         let shared = Arc::new(Encoded::new(event));
         if !self.members.is_empty() {
             self.feed.publish(shared.clone());
-            for mailbox in self.members.values() {
-                mailbox.ring();
-            }
+            self.writer.schedule();
         }
         shared
+    }
+
+    fn add(&mut self, id: MemberId, mailbox: Arc<Mailbox>) {
+        self.writer.add(mailbox.clone());
+        self.members.insert(id, mailbox);
+    }
+
+    fn remove(&mut self, id: MemberId) {
+        if let Some(mailbox) = self.members.remove(&id) {
+            self.writer.remove(&mailbox);
+        }
     }
 
     /// The last `n` kept lines, oldest first.
     fn recent(&self, n: usize) -> Vec<Shared> {
         let skip = self.history.len().saturating_sub(n);
         self.history.iter().skip(skip).cloned().collect()
+    }
+}
+
+impl Drop for Room {
+    fn drop(&mut self) {
+        // Its writer's task ends with it.
+        self.writer.close();
     }
 }
 
@@ -395,7 +415,7 @@ impl Hub {
             .rooms
             .entry(room_name.to_string())
             .or_insert_with(|| Room::new(capacity));
-        room.members.insert(id, mailbox);
+        room.add(id, mailbox);
         let cursor = room.feed.subscribe();
         let history = History {
             room: room_name.to_string(),
@@ -440,7 +460,7 @@ impl Hub {
                 reason: reason.map(String::from),
             });
         }
-        room.members.remove(&id);
+        room.remove(id);
         if room.members.is_empty() {
             // Nobody listens (the feed lets its events go with the last
             // reader). A room that never had a line is forgotten; one with

@@ -12,8 +12,12 @@
 //!   touches a socket.
 //! - [`feed`]: a room's live events in order, bounded, read through one
 //!   cursor per member.
-//! - [`mailbox`]: a member's private queue and shutdown flag, and the
-//!   wake-up bits that tell its session what woke it.
+//! - [`mailbox`]: a member's private queue and shutdown flag, the wake-up
+//!   bits that tell its session what woke it, and its line: its place in
+//!   the room's feed and who may write to its socket.
+//! - [`writer`]: a room's writer, which takes each new room message
+//!   straight to the sockets of members whose session is idle.
+//! - [`socket`]: a plain TCP stream shared by a session and the writer.
 //! - [`outbox`]: outgoing frames, framed once per event and written to a
 //!   connection in vectored batches.
 //! - [`session`]: one upgraded connection; with `outbox`, the only server
@@ -36,4 +40,6 @@ pub mod outbox;
 pub mod protocol;
 pub mod server;
 pub mod session;
+pub mod socket;
 pub mod tls;
+pub mod writer;

@@ -16,6 +16,18 @@
 //!   with [`Mailbox::io_waker`], the mailbox itself as a waker;
 //! - [`POST`]: a private message was posted, or the server is shutting down.
 //!
+//! The mailbox also holds the member's [`Line`]: its place in its room's
+//! feed and, for a plain TCP connection, a handle on the socket. Room
+//! messages reach an idle session without waking it: the room's writer
+//! (`writer.rs`) takes them from the cursor and writes them itself
+//! ([`Mailbox::deliver`]). A session that has anything of its own to do
+//! holds the line ([`Mailbox::claim`]) and gives it back only when it has
+//! written everything it owes and is about to wait ([`Mailbox::park`]);
+//! while it holds it, the writer rings it instead, as it always does for a
+//! TLS session. So exactly one of them writes at a time, always whole
+//! frames: what the writer could not finish is left in the line for the
+//! session, which writes it before anything else.
+//!
 //! One allocation per connection holds it all, which matters when idle
 //! connections are counted by the ten thousand.
 
@@ -25,8 +37,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Wake, Waker};
 
 use futures_util::task::AtomicWaker;
+use tokio::net::TcpStream;
 
-use crate::outbox::Encoded;
+use crate::feed::{Cursor, Next, Taken};
+use crate::outbox::{frame_event, Encoded, Outbox};
+use crate::protocol::{Encoding, Event};
 
 /// Private messages and other events for one member that may wait for its
 /// session; beyond this the sender is told the recipient is not keeping up.
@@ -40,9 +55,15 @@ pub const IO: u8 = 2;
 /// Wake-up bit: an event was posted, or the server is shutting down.
 pub const POST: u8 = 4;
 
+/// Most room messages the writer takes for one member in one pass; a
+/// member further behind is left to its session.
+const WRITER_BATCH: usize = 512;
+
 /// See the module documentation.
 #[derive(Debug, Default)]
 pub struct Mailbox {
+    /// Who writes to the socket, and what the room has for this member.
+    line: Mutex<Line>,
     queue: Mutex<VecDeque<Arc<Encoded>>>,
     /// The server is shutting down: the session should close.
     closing: AtomicBool,
@@ -52,7 +73,156 @@ pub struct Mailbox {
     task: AtomicWaker,
 }
 
+/// A member's way out: its place in the room's feed, and the socket the
+/// room's writer may write to while the session is idle.
+#[derive(Debug)]
+pub struct Line {
+    /// The session holds the socket: it writes for itself, and the writer
+    /// only rings. Until the session is attached and first idle, it does.
+    held: bool,
+    /// This member's place in its room's feed (none before the session is
+    /// attached or after it ended).
+    cursor: Option<Cursor>,
+    /// The socket, for plain TCP connections; `None` for TLS, whose
+    /// session always writes for itself.
+    socket: Option<Arc<TcpStream>>,
+    /// The encoding the client asked for.
+    encoding: Encoding,
+    /// Frames the writer could not finish (the socket was full): the
+    /// session writes them before anything else.
+    leftover: Outbox,
+}
+
+impl Default for Line {
+    fn default() -> Self {
+        Line {
+            held: true,
+            cursor: None,
+            socket: None,
+            encoding: Encoding::Text,
+            leftover: Outbox::new(),
+        }
+    }
+}
+
+/// Moves up to `max` of the room messages waiting past `cursor` into
+/// `outbox`, with a notice first if some were dropped before the member
+/// took them.
+fn take_room(cursor: &mut Cursor, outbox: &mut Outbox, encoding: Encoding, max: usize) -> Taken {
+    cursor.read(max, |step| match step {
+        Next::Event(shared) => outbox.push_shared(shared, encoding),
+        Next::Skipped(count) => outbox.push(frame_event(&Event::Skipped { count }, encoding)),
+    })
+}
+
 impl Mailbox {
+    fn line(&self) -> MutexGuard<'_, Line> {
+        // Every critical section leaves the line consistent.
+        self.line
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Connects the session: its place in the room, the socket the writer
+    /// may use (`None`: the session writes everything itself), and the
+    /// encoding. The session holds the line until it first parks.
+    pub fn attach(&self, cursor: Cursor, socket: Option<Arc<TcpStream>>, encoding: Encoding) {
+        let mut line = self.line();
+        line.cursor = Some(cursor);
+        line.socket = socket;
+        line.encoding = encoding;
+        line.held = true;
+    }
+
+    /// Disconnects the session for good: the writer lets go of the socket
+    /// (so it closes when the session drops it) and of the room.
+    pub fn detach(&self) {
+        let mut line = self.line();
+        line.held = true;
+        line.cursor = None;
+        line.socket = None;
+    }
+
+    /// The session takes the socket back from the writer (it has something
+    /// to do), with whatever the writer left unfinished, which goes before
+    /// everything in `outbox`.
+    pub fn claim(&self, outbox: &mut Outbox) {
+        let mut line = self.line();
+        line.held = true;
+        outbox.take_front(&mut line.leftover);
+    }
+
+    /// The session, holding the line with nothing left to write, offers it
+    /// to the writer before it waits. `false` if room messages came in the
+    /// meantime: the session keeps the line and takes them itself.
+    pub fn park(&self) -> bool {
+        let mut line = self.line();
+        debug_assert!(line.leftover.is_empty(), "the writer wrote to a held line");
+        if line.cursor.as_ref().is_some_and(Cursor::has_news) {
+            return false;
+        }
+        line.held = false;
+        true
+    }
+
+    /// For the session: moves up to `max` waiting room messages into its
+    /// outbox.
+    pub fn take_room(&self, outbox: &mut Outbox, max: usize) -> Taken {
+        let mut line = self.line();
+        let Line {
+            cursor, encoding, ..
+        } = &mut *line;
+        match cursor {
+            Some(cursor) => take_room(cursor, outbox, *encoding, max),
+            None => Taken::All,
+        }
+    }
+
+    /// For the session moving to another room: whatever the old room sent
+    /// goes into `outbox` first, then the member reads `cursor`.
+    pub fn switch_room(&self, cursor: Cursor, outbox: &mut Outbox) {
+        let mut line = self.line();
+        let encoding = line.encoding;
+        if let Some(old) = &mut line.cursor {
+            take_room(old, outbox, encoding, usize::MAX);
+        }
+        line.cursor = Some(cursor);
+    }
+
+    /// For the room's writer: writes what the room has for this member
+    /// straight to its socket if the session is idle, using `scratch` (left
+    /// empty) as the outbox; otherwise, or if the socket is full, rings the
+    /// session, which then holds the line and writes the rest itself.
+    pub fn deliver(&self, scratch: &mut Outbox) {
+        let mut line = self.line();
+        let Line {
+            held: false,
+            cursor: Some(cursor),
+            socket: Some(socket),
+            encoding,
+            leftover,
+        } = &mut *line
+        else {
+            drop(line);
+            self.ring();
+            return;
+        };
+        if !cursor.has_news() {
+            return;
+        }
+        let taken = take_room(cursor, scratch, *encoding, WRITER_BATCH);
+        // An error is left for the session to meet on its own write.
+        let finished = scratch.try_flush(socket).unwrap_or(false);
+        if finished && taken == Taken::All {
+            return;
+        }
+        // The socket is full or the member far behind: hand over.
+        std::mem::swap(leftover, scratch);
+        line.held = true;
+        drop(line);
+        self.ring();
+    }
+
     fn queue(&self) -> MutexGuard<'_, VecDeque<Arc<Encoded>>> {
         self.queue
             .lock()

@@ -18,10 +18,11 @@ use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 
 use bytes::{Buf as _, BufMut as _, Bytes, BytesMut};
 use tokio::io::AsyncWrite;
+use tokio::net::TcpStream;
 
 use crate::protocol::{Encoding, Event};
 
@@ -221,47 +222,87 @@ impl Outbox {
         cx: &mut Context<'_>,
         mut io: Pin<&mut W>,
     ) -> Poll<io::Result<()>> {
-        while !self.queue.is_empty() {
-            // A single frame, the usual case on a quiet connection, needs
-            // no slice array.
-            if let (1, Some(frame)) = (self.queue.len(), self.queue.front()) {
-                let n = match io.as_mut().poll_write(cx, &frame.bytes()[self.written..]) {
-                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                    Poll::Ready(Ok(n)) => n,
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                    Poll::Pending => return Poll::Pending,
-                };
-                self.advance(n);
-                continue;
+        ready!(self.write_with(|slices| match slices {
+            [one] => io.as_mut().poll_write(cx, one),
+            _ => io.as_mut().poll_write_vectored(cx, slices),
+        }))?;
+        io.poll_flush(cx)
+    }
+
+    /// Writes as much as the socket takes now, without waiting: `Ok(true)`
+    /// if everything was written, `Ok(false)` if the socket is full and
+    /// frames are left (the rest, partly written front frame included, stays
+    /// queued). For a writer that is not the connection's task (the room
+    /// writer, `writer.rs`), which cannot wait for this one socket.
+    pub fn try_flush(&mut self, socket: &TcpStream) -> io::Result<bool> {
+        let written = self.write_with(|slices| {
+            let written = match slices {
+                [one] => socket.try_write(one),
+                _ => socket.try_write_vectored(slices),
+            };
+            match written {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Poll::Pending,
+                other => Poll::Ready(other),
             }
+        });
+        match written {
+            Poll::Ready(Ok(())) => Ok(true),
+            Poll::Ready(Err(e)) => Err(e),
+            Poll::Pending => Ok(false),
+        }
+    }
+
+    /// Puts `other`'s frames before this outbox's own, leaving `other`
+    /// empty: a partly written frame in `other` must be finished first.
+    pub fn take_front(&mut self, other: &mut Outbox) {
+        if other.is_empty() {
+            return;
+        }
+        debug_assert!(
+            !self.mid_frame(),
+            "frames cannot go before a partly written one"
+        );
+        std::mem::swap(self, other);
+        // `self` now holds the earlier frames; append the later ones.
+        self.pending += other.pending;
+        self.queue.append(&mut other.queue);
+        other.pending = 0;
+        other.written = 0;
+    }
+
+    /// Writes every queued frame with `write`, which is handed one slice per
+    /// frame (the first without its written part) and says how many bytes
+    /// it wrote, as few calls as the socket allows.
+    fn write_with(
+        &mut self,
+        mut write: impl FnMut(&[IoSlice<'_>]) -> Poll<io::Result<usize>>,
+    ) -> Poll<io::Result<()>> {
+        while !self.queue.is_empty() {
             // A short queue gets a short slice array: filling 128 empty
             // slices costs more than writing a few frames.
             let written = if self.queue.len() <= FEW_IOVECS {
-                self.poll_write_slices::<W, FEW_IOVECS>(cx, io.as_mut())
+                self.write_slices::<FEW_IOVECS>(&mut write)
             } else {
-                self.poll_write_slices::<W, MAX_IOVECS>(cx, io.as_mut())
+                self.write_slices::<MAX_IOVECS>(&mut write)
             };
-            let n = match written {
-                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                Poll::Ready(Ok(n)) => n,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => return Poll::Pending,
-            };
-            self.advance(n);
+            match ready!(written) {
+                Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Ok(n) => self.advance(n),
+                Err(e) => return Poll::Ready(Err(e)),
+            }
         }
         if self.queue.capacity() > MAX_KEPT_CAPACITY {
             self.queue.shrink_to(IDLE_QUEUE_CAPACITY);
         }
-        io.poll_flush(cx)
+        Poll::Ready(Ok(()))
     }
 
-    /// One vectored write of the first `N` frames at most. The slices live
-    /// only inside this poll, not in the future's state, so they cost no
-    /// memory per connection.
-    fn poll_write_slices<W: AsyncWrite, const N: usize>(
+    /// One write of the first `N` frames at most. The slices live only
+    /// inside this call, not in the future's state, so they cost no memory
+    /// per connection.
+    fn write_slices<const N: usize>(
         &self,
-        cx: &mut Context<'_>,
-        io: Pin<&mut W>,
+        write: &mut impl FnMut(&[IoSlice<'_>]) -> Poll<io::Result<usize>>,
     ) -> Poll<io::Result<usize>> {
         let mut slices = [IoSlice::new(&[]); N];
         let mut count = 0;
@@ -270,7 +311,7 @@ impl Outbox {
             slices[i] = IoSlice::new(&frame.bytes()[skip..]);
             count += 1;
         }
-        io.poll_write_vectored(cx, &slices[..count])
+        write(&slices[..count])
     }
 
     /// Drops `n` written bytes from the front of the queue.

@@ -27,6 +27,7 @@ use crate::handshake::{self, Policy, HANDSHAKE_TIMEOUT};
 use crate::hub::{Hub, HubConfig};
 use crate::protocol::Encoding;
 use crate::session::{self, SessionConfig};
+use crate::socket::SharedTcp;
 use crate::tls::{self, TLS_HANDSHAKE_TIMEOUT};
 
 /// Largest chat message a client may send by default, in bytes (a single
@@ -198,7 +199,10 @@ async fn serve_connection(
         debug!(error = %e, "could not set TCP_NODELAY");
     }
     let Some(tls_config) = config.tls.clone() else {
-        return upgrade_and_serve(stream, addr, ticket, hub, config, stop, tasks).await;
+        // Shared with the room's writer (see `socket`).
+        let stream = SharedTcp::new(stream);
+        let direct = Some(stream.stream().clone());
+        return upgrade_and_serve(stream, direct, addr, ticket, hub, config, stop, tasks).await;
     };
     let secured = tokio::select! {
         () = stop.cancelled() => return,
@@ -212,7 +216,7 @@ async fn serve_connection(
     match secured {
         Ok(Ok(stream)) => {
             Box::pin(upgrade_and_serve(
-                stream, addr, ticket, hub, config, stop, tasks,
+                stream, None, addr, ticket, hub, config, stop, tasks,
             ))
             .await
         }
@@ -224,9 +228,12 @@ async fn serve_connection(
 }
 
 /// The HTTP upgrade, then the session in a task of its own, over TCP or TLS
-/// alike.
+/// alike; `direct` is the TCP stream under `stream` if the room's writer may
+/// write to it (plain TCP).
+#[allow(clippy::too_many_arguments)]
 async fn upgrade_and_serve<S>(
     stream: S,
+    direct: Option<Arc<TcpStream>>,
     addr: SocketAddr,
     ticket: Ticket,
     hub: Hub,
@@ -244,7 +251,7 @@ async fn upgrade_and_serve<S>(
     let limits = Limits::default().max_payload_len(config.session.max_message_bytes);
     let ws = ServerBuilder::new().limits(limits).serve(stream);
     // Shutdown reaches the session through the hub (`Hub::shutdown`).
-    let session = session::run(ws, addr, encoding, hub, &config.session);
+    let session = session::run(ws, addr, encoding, hub, &config.session, direct);
     // A task of its own, sized for the session alone: a connection lives
     // for hours, and the handshake's task would carry everything the
     // handshake needed for all that time.

@@ -38,11 +38,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::{SinkExt as _, StreamExt as _};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 use tokio_websockets::{CloseCode, Message, WebSocketStream};
 use tracing::{debug, info};
 
-use crate::feed::{Cursor, Next, Taken};
+use crate::feed::Taken;
 use crate::hub::{History, Hub, Joined, MemberId};
 use crate::mailbox::{self, Mailbox};
 use crate::outbox::{frame_event, Outbox};
@@ -131,6 +132,10 @@ pub struct Rate {
 /// Runs one session to its end. Never returns an error: whatever ends the
 /// session is logged here, in the connection's span, and touches no one else.
 ///
+/// `socket` is the TCP stream under `ws`, shared so that the room's writer
+/// can write room messages to it while the session is idle (see
+/// `mailbox`); `None` (TLS) has the session write everything itself.
+///
 /// The session is built here, before the future exists, and moved into it
 /// once: an `async fn` would keep its arguments and the session built from
 /// them side by side for the connection's whole life.
@@ -140,23 +145,27 @@ pub fn run<S>(
     encoding: Encoding,
     hub: Hub,
     config: &SessionConfig,
+    socket: Option<Arc<TcpStream>>,
 ) -> impl Future<Output = ()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let connected = hub.connect(addr);
+    connected
+        .mailbox
+        .attach(connected.joined.cursor, socket, encoding);
     let now = Instant::now();
     let mut session = Session {
         ws,
         encoding,
         hub,
         id: connected.id,
-        cursor: connected.joined.cursor,
         io_waker: connected.mailbox.io_waker(),
         mailbox: connected.mailbox,
         // Look at everything on the first turn.
         due: mailbox::ROOM | mailbox::IO | mailbox::POST,
         ws_queued: true,
+        parked: false,
         outbox: Outbox::new(),
         limiter: config.rate.map(|rate| Limiter::new(rate, now)),
     };
@@ -235,8 +244,6 @@ struct Session<S> {
     encoding: Encoding,
     hub: Hub,
     id: MemberId,
-    /// This member's place in its room's feed.
-    cursor: Cursor,
     /// Private messages, shutdown, and what woke the session.
     mailbox: Arc<Mailbox>,
     /// The waker the socket and the timer are polled with: it raises
@@ -249,6 +256,9 @@ struct Session<S> {
     /// The socket was read since tokio-websockets' own queue (pongs) was
     /// last flushed.
     ws_queued: bool,
+    /// The session has left its socket to the room's writer and waits
+    /// (`Mailbox::park`); it claims it back when woken.
+    parked: bool,
     /// Frames waiting to be written: replies, pings and room messages in
     /// the order they are owed.
     outbox: Outbox,
@@ -371,6 +381,12 @@ where
     ) -> Poll<Woken> {
         for _ in 0..ROOM_WRITES_PER_POLL {
             if let Poll::Ready(raised) = self.mailbox.poll_raised(cx) {
+                if self.parked {
+                    // Whatever woke us, the socket is ours until we park
+                    // again, with anything the writer left unfinished.
+                    self.mailbox.claim(&mut self.outbox);
+                    self.parked = false;
+                }
                 if self.mailbox.is_closing() {
                     return Poll::Ready(Woken::Shutdown);
                 }
@@ -408,9 +424,22 @@ where
                 return Poll::Ready(Woken::Timer);
             }
         }
-        // More room or private messages than one turn takes: go on.
-        if self.due & (mailbox::ROOM | mailbox::POST) != 0 {
+        // More room or private messages than one turn takes, or something
+        // still to write (a pong the library queued while reading): go on.
+        if self.due & (mailbox::ROOM | mailbox::POST) != 0
+            || self.ws_queued
+            || !self.outbox.is_empty()
+        {
             return Poll::Ready(Woken::Again);
+        }
+        // Nothing owed: the room's writer may write to the socket while we
+        // wait, unless room messages came in the meantime.
+        if !self.parked {
+            if !self.mailbox.park() {
+                self.due |= mailbox::ROOM;
+                return Poll::Ready(Woken::Again);
+            }
+            self.parked = true;
         }
         Poll::Pending
     }
@@ -473,6 +502,9 @@ where
 
     /// Handles one line of text: a chat message or a command.
     fn on_line(&mut self, line: &str) -> Result<(), End> {
+        // What this publishes to our own room comes back to us: look at the
+        // room on the next turn rather than when its writer gets to ring.
+        self.due |= mailbox::ROOM;
         let result = match parse_input(line) {
             Input::Empty => Ok(()),
             Input::Chat(text) => self.hub.say(self.id, text).map_err(|e| e.to_string()),
@@ -541,9 +573,7 @@ where
     /// that were already published are delivered first.
     fn switch_room(&mut self, joined: Joined) {
         // Whatever the old room sent before we left, rung or not yet.
-        self.due |= mailbox::ROOM;
-        self.take_ready(usize::MAX);
-        self.cursor = joined.cursor;
+        self.mailbox.switch_room(joined.cursor, &mut self.outbox);
         self.due |= mailbox::ROOM;
         self.replay(&joined.history);
     }
@@ -575,14 +605,7 @@ where
         }
         if self.due & mailbox::ROOM != 0 {
             self.due &= !mailbox::ROOM;
-            let (outbox, encoding) = (&mut self.outbox, self.encoding);
-            let taken = self.cursor.read(max, |step| match step {
-                Next::Event(shared) => outbox.push_shared(shared, encoding),
-                Next::Skipped(count) => {
-                    outbox.push(frame_event(&Event::Skipped { count }, encoding))
-                }
-            });
-            if taken == Taken::More {
+            if self.mailbox.take_room(&mut self.outbox, max) == Taken::More {
                 // Stopped at `max` with more waiting: the rest next turn.
                 self.due |= mailbox::ROOM;
             }
@@ -698,6 +721,8 @@ where
                 self.linger().await;
             }
         }
+        // The writer lets go of the socket, which closes when we drop it.
+        self.mailbox.detach();
         debug!("session ended");
     }
 }
