@@ -235,10 +235,13 @@ impl Outbox {
     /// queued). For a writer that is not the connection's task (the room
     /// writer, `writer.rs`), which cannot wait for this one socket.
     pub fn try_flush(&mut self, socket: &TcpStream) -> io::Result<bool> {
+        // Straight to the socket, not through tokio's readiness: tokio
+        // learns of a full socket when the session next writes to it.
+        let socket = socket2::SockRef::from(socket);
         let written = self.write_with(|slices| {
             let written = match slices {
-                [one] => socket.try_write(one),
-                _ => socket.try_write_vectored(slices),
+                [one] => socket.send_with_flags(one, libc::MSG_NOSIGNAL),
+                _ => socket.send_vectored_with_flags(slices, libc::MSG_NOSIGNAL),
             };
             match written {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => Poll::Pending,
@@ -277,10 +280,13 @@ impl Outbox {
         &mut self,
         mut write: impl FnMut(&[IoSlice<'_>]) -> Poll<io::Result<usize>>,
     ) -> Poll<io::Result<()>> {
-        while !self.queue.is_empty() {
-            // A short queue gets a short slice array: filling 128 empty
-            // slices costs more than writing a few frames.
-            let written = if self.queue.len() <= FEW_IOVECS {
+        while let Some(front) = self.queue.front() {
+            // One frame, the usual case on a quiet connection, needs no
+            // slice array; a short queue gets a short one: filling 128
+            // empty slices costs more than writing a few frames.
+            let written = if self.queue.len() == 1 {
+                write(&[IoSlice::new(&front.bytes()[self.written..])])
+            } else if self.queue.len() <= FEW_IOVECS {
                 self.write_slices::<FEW_IOVECS>(&mut write)
             } else {
                 self.write_slices::<MAX_IOVECS>(&mut write)
@@ -317,6 +323,13 @@ impl Outbox {
     /// Drops `n` written bytes from the front of the queue.
     fn advance(&mut self, mut n: usize) {
         self.pending -= n;
+        if self.pending == 0 {
+            // Everything written, the usual case. (Popping is cheaper than
+            // `clear` for the one or few frames usually queued.)
+            while self.queue.pop_front().is_some() {}
+            self.written = 0;
+            return;
+        }
         while n > 0 {
             let Some(front) = self.queue.front() else {
                 break;

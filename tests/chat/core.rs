@@ -162,6 +162,36 @@ async fn a_lagging_receiver_is_told_what_it_missed_and_keeps_receiving() {
 }
 
 #[tokio::test]
+async fn a_receiver_that_reads_in_fits_gets_every_frame_whole() {
+    // The room's writer writes to an idle member's socket itself and hands
+    // the rest of a frame it could not finish to the member's session; the
+    // session hands the socket back once it has caught up. A receiver that
+    // stops reading each round makes that happen again and again.
+    let server = TestServer::start_with(unlimited_rate()).await;
+    let mut sender = Client::connect(&server).await;
+    let mut reader = Client::connect(&server).await;
+    // Enough per round to fill the kernel's buffers on both sides (a few
+    // megabytes on loopback).
+    const ROUNDS: usize = 3;
+    const PER_ROUND: usize = 200;
+    let filler = "y".repeat(60 * 1024 + 7);
+    for round in 0..ROUNDS {
+        // The reader reads nothing while the sender sends (each message
+        // paced by its echo), so its socket fills mid-frame.
+        for i in 0..PER_ROUND {
+            sender.send(&format!("{round}.{i} {filler}")).await;
+            sender.recv_chat().await;
+        }
+        for i in 0..PER_ROUND {
+            let line = reader.recv_chat().await;
+            let expected = format!("{}: {round}.{i} {filler}", sender.addr);
+            assert!(line == expected, "round {round}, message {i} differs");
+        }
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test]
 async fn heavy_load_loses_nothing() {
     // 100 clients, 10 of them sending, each keeping 4 messages in flight.
     const CLIENTS: usize = 100;
