@@ -51,6 +51,10 @@ pub struct RunStats {
     pub messages_per_sec: f64,
     /// Send to receive, over all first deliveries.
     pub latency_ms: Latency,
+    /// Open loop: how late messages went out, from their due time (which
+    /// the latency counts from) to the moment the frame was written. The
+    /// tool's own delay, part of every latency; should stay far below it.
+    pub send_lateness_ms: Option<Latency>,
     /// Frames that carried this run's marker with a sender or seq outside the run.
     pub foreign_frames: u64,
     /// CPU the load tool itself used over the window, in percent of one core:
@@ -110,6 +114,7 @@ pub struct RunInput<'a> {
     pub counts: Counts,
     pub foreign: u64,
     pub latency_us: &'a Histogram<u64>,
+    pub lateness_us: Option<&'a Histogram<u64>>,
     pub load_cpu_seconds: Option<f64>,
     pub load_core_wakeups: Option<u64>,
     pub wall: f64,
@@ -191,6 +196,7 @@ impl Report {
             deliveries_per_sec: per_sec(r.counts.delivered),
             messages_per_sec: per_sec(r.sent),
             latency_ms: Latency::from_us(r.latency_us),
+            send_lateness_ms: r.lateness_us.map(Latency::from_us),
             foreign_frames: r.foreign,
             load_cpu_percent: r
                 .load_cpu_seconds
@@ -299,6 +305,15 @@ impl Report {
                     l.p50, l.p99, l.p999, l.max
                 ),
             );
+            if let Some(l) = &r.send_lateness_ms {
+                t.row(
+                    "send lateness",
+                    &format!(
+                        "p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms (the tool's own delay, counted in the latency)",
+                        l.p50, l.p99, l.max
+                    ),
+                );
+            }
             if let Some(p) = r.load_cpu_percent {
                 let hint = if p > 90.0 {
                     "  (load tool saturated: figures may be tool-bound)"

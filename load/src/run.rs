@@ -46,6 +46,10 @@ struct Shared {
     disconnected: AtomicUsize,
     senders_done: AtomicUsize,
     latency_us: Mutex<Histogram<u64>>,
+    /// Open loop: how late each message went out, from its due time to
+    /// the moment the frame was written (the tool's own delay, which the
+    /// latency includes).
+    lateness_us: Mutex<Histogram<u64>>,
 }
 
 /// What a reader task hands back when it stops.
@@ -117,6 +121,7 @@ pub async fn run(args: &Args) -> Result<Report> {
         disconnected: AtomicUsize::new(0),
         senders_done: AtomicUsize::new(0),
         latency_us: Mutex::new(new_histogram()),
+        lateness_us: Mutex::new(new_histogram()),
     });
     // In closed loop each sender may have `in_flight` messages whose own echo
     // has not come back; its reader hands a permit back on each echo.
@@ -297,6 +302,16 @@ pub async fn run(args: &Args) -> Result<Report> {
         .lock()
         .map_err(|_| anyhow::anyhow!("latency histogram poisoned"))?
         .clone();
+    let lateness = match args.rate {
+        Some(_) => Some(
+            shared
+                .lateness_us
+                .lock()
+                .map_err(|_| anyhow::anyhow!("lateness histogram poisoned"))?
+                .clone(),
+        ),
+        None => None,
+    };
     report.set_run(report::RunInput {
         seconds: active,
         sent: sent_per_sender.iter().map(|&s| u64::from(s)).sum(),
@@ -304,6 +319,7 @@ pub async fn run(args: &Args) -> Result<Report> {
         counts,
         foreign: logs.iter().map(|l| l.foreign).sum(),
         latency_us: &latency,
+        lateness_us: lateness.as_ref(),
         load_cpu_seconds: own_cpu0.zip(own_cpu1).map(|(a, b)| b - a),
         load_core_wakeups: wakeups0.zip(wakeups1).map(|(a, b)| b.saturating_sub(a)),
         wall,
@@ -562,7 +578,7 @@ async fn send_open(
     let mut stopped = None;
     for seq in 0..shared.messages {
         let due = start + period.mul_f64(f64::from(seq));
-        tokio::time::sleep_until(due.into()).await;
+        wait_until(due).await;
         let mark = Mark {
             sender: id,
             seq,
@@ -572,11 +588,40 @@ async fn send_open(
             stopped = Some(format!("{why} after sending {sent}"));
             break;
         }
+        let late_us = clock::now_ns().saturating_sub(mark.send_ns) / 1_000;
+        if let Ok(mut h) = shared.lateness_us.lock() {
+            h.saturating_record(late_us.max(1));
+        }
         sent += 1;
         shared.sent.fetch_add(1, Relaxed);
     }
     shared.senders_done.fetch_add(1, Relaxed);
     SenderEnd { sent, stopped }
+}
+
+/// How early the coarse timer is asked to wake a sender; see [`wait_until`].
+const COARSE_MARGIN: Duration = Duration::from_millis(3);
+
+/// Waits until `due` to within tens of microseconds. tokio's timers fire on
+/// a one-millisecond grid, up to two milliseconds after their deadline, and
+/// since an open-loop message is stamped with its due time, that delay
+/// would be counted as the server's latency. So the timer only wakes the
+/// sender shortly before; the rest is slept on a blocking thread, whose
+/// `nanosleep` is precise, without keeping the load core busy.
+async fn wait_until(due: Instant) {
+    if let Some(early) = due.checked_sub(COARSE_MARGIN) {
+        tokio::time::sleep_until(early.into()).await;
+    }
+    if due > Instant::now() {
+        let slept = tokio::task::spawn_blocking(move || {
+            std::thread::sleep(due.saturating_duration_since(Instant::now()));
+        })
+        .await;
+        if slept.is_err() {
+            // No blocking thread to be had: fall back to the coarse timer.
+            tokio::time::sleep_until(due.into()).await;
+        }
+    }
 }
 
 async fn send_one(

@@ -193,6 +193,17 @@ async fn a_receiver_that_reads_in_fits_gets_every_frame_whole() {
 
 #[tokio::test]
 async fn heavy_load_loses_nothing() {
+    heavy_load().await;
+}
+
+/// The same with the server's sessions and its room's writer on two
+/// threads, so that they take each other's lines for real.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heavy_load_on_two_threads_loses_nothing() {
+    heavy_load().await;
+}
+
+async fn heavy_load() {
     // 100 clients, 10 of them sending, each keeping 4 messages in flight.
     const CLIENTS: usize = 100;
     const SENDERS: usize = 10;
