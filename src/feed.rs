@@ -2,16 +2,16 @@
 //! which the last `capacity` are kept for members that have not taken them
 //! yet. Each member reads it through a [`Cursor`], its position in the feed.
 //!
-//! The hub publishes under its own lock and then rings the members'
-//! mailboxes; a session rung takes everything past its cursor in one short
-//! critical section. Whether there is anything to take is one atomic load,
+//! The hub publishes under its own lock and then tells the room's writer;
+//! the writer, or a busy member's session, takes everything past the
+//! member's cursor in one short critical section. Whether there is anything to take is one atomic load,
 //! so a session looking when there is nothing new takes no lock at all. A
 //! member that falls more than `capacity` events behind skips to the oldest
 //! kept one and is told how many it missed; nobody waits for it. When the
 //! last cursor goes, the kept events go too: an empty room holds none.
 //!
 //! (This does what a `tokio::sync::broadcast` channel did, minus its waiter
-//! list: sessions are woken through their mailboxes, so the feed needs none,
+//! list: the room's writer and the mailboxes do the waking, so it needs none,
 //! and taking an event is a reference count and an index, not a lock per
 //! event.)
 

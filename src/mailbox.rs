@@ -10,8 +10,9 @@
 //! and unregisters a waiter under the channel's lock each time. So each
 //! source raises a bit of its own and wakes the task, and the session looks
 //! only at what the bits name:
-//! - [`ROOM`]: the hub rang after publishing to the member's room
-//!   ([`Mailbox::ring`]); the session drains its receiver with `try_recv`;
+//! - [`ROOM`]: the room has messages the session must write itself: its
+//!   writer found the session busy, or could not finish a write
+//!   ([`Mailbox::ring`]);
 //! - [`IO`]: the socket or the keepalive timer has news; both are polled
 //!   with [`Mailbox::io_waker`], the mailbox itself as a waker;
 //! - [`POST`]: a private message was posted, or the server is shutting down.
@@ -108,7 +109,7 @@ impl Default for Line {
 /// Moves up to `max` of the room messages waiting past `cursor` into
 /// `outbox`, with a notice first if some were dropped before the member
 /// took them.
-fn take_room(cursor: &mut Cursor, outbox: &mut Outbox, encoding: Encoding, max: usize) -> Taken {
+fn read_room(cursor: &mut Cursor, outbox: &mut Outbox, encoding: Encoding, max: usize) -> Taken {
     cursor.read(max, |step| match step {
         Next::Event(shared) => outbox.push_shared(shared, encoding),
         Next::Skipped(count) => outbox.push(frame_event(&Event::Skipped { count }, encoding)),
@@ -173,7 +174,7 @@ impl Mailbox {
             cursor, encoding, ..
         } = &mut *line;
         match cursor {
-            Some(cursor) => take_room(cursor, outbox, *encoding, max),
+            Some(cursor) => read_room(cursor, outbox, *encoding, max),
             None => Taken::All,
         }
     }
@@ -184,7 +185,7 @@ impl Mailbox {
         let mut line = self.line();
         let encoding = line.encoding;
         if let Some(old) = &mut line.cursor {
-            take_room(old, outbox, encoding, usize::MAX);
+            read_room(old, outbox, encoding, usize::MAX);
         }
         line.cursor = Some(cursor);
     }
@@ -210,7 +211,7 @@ impl Mailbox {
         if !cursor.has_news() {
             return;
         }
-        let taken = take_room(cursor, scratch, *encoding, WRITER_BATCH);
+        let taken = read_room(cursor, scratch, *encoding, WRITER_BATCH);
         // An error is left for the session to meet on its own write.
         let finished = scratch.try_flush(socket).unwrap_or(false);
         if finished && taken == Taken::All {
@@ -357,6 +358,62 @@ mod tests {
         assert!(mailbox.push(event()));
         let mut cx = Context::from_waker(noop_waker_ref());
         assert_eq!(mailbox.poll_raised(&mut cx), Poll::Ready(POST));
+    }
+
+    /// A connected pair on loopback: the server's side, shared as the room's
+    /// writer would get it, and the client's.
+    async fn socket_pair() -> (Arc<TcpStream>, TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        (Arc::new(server), client)
+    }
+
+    #[tokio::test]
+    async fn the_writer_writes_to_a_parked_line_and_rings_a_held_one() {
+        use tokio::io::AsyncReadExt as _;
+        let (server, mut client) = socket_pair().await;
+        let feed = crate::feed::Feed::new(16);
+        let mailbox = Arc::new(Mailbox::default());
+        mailbox.attach(feed.subscribe(), Some(server), Encoding::Text);
+        let mut cx = Context::from_waker(noop_waker_ref());
+        let mut scratch = Outbox::new();
+
+        // Held (as after attaching): the writer rings and writes nothing.
+        let first = event();
+        feed.publish(first.clone());
+        mailbox.deliver(&mut scratch);
+        assert_eq!(mailbox.poll_raised(&mut cx), Poll::Ready(ROOM));
+        // The session cannot park with the message waiting; it takes it.
+        assert!(!mailbox.park());
+        let mut own = Outbox::new();
+        assert_eq!(mailbox.take_room(&mut own, 8), Taken::All);
+        assert_eq!(own.pending_bytes(), first.frame(Encoding::Text).len());
+
+        // Parked: the writer writes the frame itself and wakes nobody.
+        assert!(mailbox.park());
+        let second = event();
+        feed.publish(second.clone());
+        mailbox.deliver(&mut scratch);
+        assert!(scratch.is_empty());
+        assert_eq!(mailbox.poll_raised(&mut cx), Poll::Pending);
+        let expected = second.frame(Encoding::Text);
+        let mut got = vec![0; expected.len()];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got[..], &expected[..]);
+
+        // Claimed again: rung again.
+        mailbox.claim(&mut own);
+        feed.publish(event());
+        mailbox.deliver(&mut scratch);
+        assert_eq!(mailbox.poll_raised(&mut cx), Poll::Ready(ROOM));
+
+        // Detached: the socket is let go.
+        mailbox.detach();
+        mailbox.deliver(&mut scratch);
+        assert!(scratch.is_empty());
     }
 
     #[test]

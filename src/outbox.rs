@@ -12,7 +12,8 @@
 //! tokio-websockets, which is only sound while that library has nothing of
 //! its own half-written: the session flushes the library before it writes
 //! the outbox, and finishes the outbox before it hands the library anything
-//! (see `session.rs`).
+//! (see `session.rs`). The room's writer writes an outbox of its own to an
+//! idle member's socket the same way, without waiting ([`Outbox::try_flush`]).
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};

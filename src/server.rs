@@ -27,7 +27,7 @@ use crate::handshake::{self, Policy, HANDSHAKE_TIMEOUT};
 use crate::hub::{Hub, HubConfig};
 use crate::protocol::Encoding;
 use crate::session::{self, SessionConfig};
-use crate::socket::SharedTcp;
+use crate::socket::{SharedTcp, Transport};
 use crate::tls::{self, TLS_HANDSHAKE_TIMEOUT};
 
 /// Largest chat message a client may send by default, in bytes (a single
@@ -201,8 +201,7 @@ async fn serve_connection(
     let Some(tls_config) = config.tls.clone() else {
         // Shared with the room's writer (see `socket`).
         let stream = SharedTcp::new(stream);
-        let direct = Some(stream.stream().clone());
-        return upgrade_and_serve(stream, direct, addr, ticket, hub, config, stop, tasks).await;
+        return upgrade_and_serve(stream, addr, ticket, hub, config, stop, tasks).await;
     };
     let secured = tokio::select! {
         () = stop.cancelled() => return,
@@ -216,7 +215,7 @@ async fn serve_connection(
     match secured {
         Ok(Ok(stream)) => {
             Box::pin(upgrade_and_serve(
-                stream, None, addr, ticket, hub, config, stop, tasks,
+                stream, addr, ticket, hub, config, stop, tasks,
             ))
             .await
         }
@@ -228,12 +227,9 @@ async fn serve_connection(
 }
 
 /// The HTTP upgrade, then the session in a task of its own, over TCP or TLS
-/// alike; `direct` is the TCP stream under `stream` if the room's writer may
-/// write to it (plain TCP).
-#[allow(clippy::too_many_arguments)]
+/// alike.
 async fn upgrade_and_serve<S>(
     stream: S,
-    direct: Option<Arc<TcpStream>>,
     addr: SocketAddr,
     ticket: Ticket,
     hub: Hub,
@@ -241,7 +237,7 @@ async fn upgrade_and_serve<S>(
     stop: CancellationToken,
     tasks: TaskTracker,
 ) where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: Transport + Send + 'static,
 {
     // Boxed: the handshake's buffers and timers are needed for a moment.
     let Some((stream, encoding)) = Box::pin(upgrade(stream, &config, &stop)).await else {
@@ -251,7 +247,7 @@ async fn upgrade_and_serve<S>(
     let limits = Limits::default().max_payload_len(config.session.max_message_bytes);
     let ws = ServerBuilder::new().limits(limits).serve(stream);
     // Shutdown reaches the session through the hub (`Hub::shutdown`).
-    let session = session::run(ws, addr, encoding, hub, &config.session, direct);
+    let session = session::run(ws, addr, encoding, hub, &config.session);
     // A task of its own, sized for the session alone: a connection lives
     // for hours, and the handshake's task would carry everything the
     // handshake needed for all that time.

@@ -10,7 +10,15 @@
 //! fan-out's speed comes from. The wait looks only at what its
 //! [`Mailbox`]'s bits say woke it, and room messages that come while nothing
 //! else is going on are written within the wait itself
-//! (`Session::poll_wait`): in a busy room most wake-ups are one message.
+//! (`Session::poll_wait`).
+//!
+//! An idle session is not woken for room messages at all: before it waits
+//! it parks its line (`Mailbox::park`), and the room's writer writes to the
+//! socket for it. Whatever wakes it, it first claims the line back
+//! (`Mailbox::claim`), with any frame the writer left half-written, which
+//! goes out before anything else. So the session and the writer never
+//! write at the same time, and never into the middle of each other's
+//! frames.
 //!
 //! Reading, pongs and closing go through tokio-websockets; data frames and
 //! pings go through the outbox, straight to the stream underneath. The two
@@ -38,7 +46,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::{SinkExt as _, StreamExt as _};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
-use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 use tokio_websockets::{CloseCode, Message, WebSocketStream};
 use tracing::{debug, info};
@@ -50,6 +57,7 @@ use crate::outbox::{frame_event, Outbox};
 use crate::protocol::{
     parse_command, parse_input, Command, Encoding, Event, Input, DEFAULT_HISTORY_REPLAY,
 };
+use crate::socket::Transport;
 
 /// Most room messages written in one turn before the loop looks at the
 /// client and at shutdown again.
@@ -132,9 +140,9 @@ pub struct Rate {
 /// Runs one session to its end. Never returns an error: whatever ends the
 /// session is logged here, in the connection's span, and touches no one else.
 ///
-/// `socket` is the TCP stream under `ws`, shared so that the room's writer
-/// can write room messages to it while the session is idle (see
-/// `mailbox`); `None` (TLS) has the session write everything itself.
+/// On plain TCP the room's writer writes room messages to the socket while
+/// the session is idle (see `mailbox`); on TLS the session writes
+/// everything itself.
 ///
 /// The session is built here, before the future exists, and moved into it
 /// once: an `async fn` would keep its arguments and the session built from
@@ -145,12 +153,12 @@ pub fn run<S>(
     encoding: Encoding,
     hub: Hub,
     config: &SessionConfig,
-    socket: Option<Arc<TcpStream>>,
 ) -> impl Future<Output = ()>
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: Transport,
 {
     let connected = hub.connect(addr);
+    let socket = ws.get_ref().shared().cloned();
     connected
         .mailbox
         .attach(connected.joined.cursor, socket, encoding);

@@ -16,6 +16,25 @@ use std::task::{ready, Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
+
+/// A stream a session runs on: its bytes are the WebSocket connection.
+pub trait Transport: AsyncRead + AsyncWrite + Unpin {
+    /// The TCP stream the room's writer may write frames to directly, if
+    /// the bytes on it are the WebSocket frames themselves (plain TCP);
+    /// `None` if only the session can write (TLS encrypts them).
+    fn shared(&self) -> Option<&Arc<TcpStream>> {
+        None
+    }
+}
+
+impl Transport for SharedTcp {
+    fn shared(&self) -> Option<&Arc<TcpStream>> {
+        Some(&self.0)
+    }
+}
+
+impl Transport for TlsStream<TcpStream> {}
 
 /// A TCP stream with a second owner; see the module documentation.
 #[derive(Debug, Clone)]
@@ -25,11 +44,6 @@ impl SharedTcp {
     /// Shares `stream`.
     pub fn new(stream: TcpStream) -> Self {
         SharedTcp(Arc::new(stream))
-    }
-
-    /// The stream, for the other owner.
-    pub fn stream(&self) -> &Arc<TcpStream> {
-        &self.0
     }
 }
 
@@ -110,7 +124,7 @@ mod tests {
         let mut client = TcpStream::connect(addr).await.unwrap();
         let (accepted, _) = listener.accept().await.unwrap();
         let mut shared = SharedTcp::new(accepted);
-        let other = shared.stream().clone();
+        let other = shared.shared().cloned().unwrap();
 
         shared.write_all(b"one ").await.unwrap();
         other.writable().await.unwrap();

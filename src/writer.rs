@@ -136,3 +136,79 @@ impl RoomWriter {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::feed::Feed;
+    use crate::mailbox::ROOM;
+    use crate::outbox::Encoded;
+    use crate::protocol::{Encoding, Event};
+    use futures_util::task::noop_waker_ref;
+    use std::task::Context;
+    use std::time::Duration;
+    use tokio::io::AsyncReadExt as _;
+    use tokio::net::{TcpListener, TcpStream};
+
+    fn event(text: &str) -> Arc<Encoded> {
+        Arc::new(Encoded::new(Event::Info { text: text.into() }))
+    }
+
+    #[test]
+    fn without_a_runtime_every_member_is_rung() {
+        let feed = Feed::new(4);
+        let writer = RoomWriter::new();
+        let members: Vec<_> = (0..3).map(|_| Arc::new(Mailbox::default())).collect();
+        for m in &members {
+            m.attach(feed.subscribe(), None, Encoding::Text);
+            writer.add(m.clone());
+        }
+        writer.remove(&members[1]);
+        feed.publish(event("hi"));
+        writer.schedule();
+        let mut cx = Context::from_waker(noop_waker_ref());
+        assert_eq!(members[0].poll_raised(&mut cx), Poll::Ready(ROOM));
+        assert_eq!(members[1].poll_raised(&mut cx), Poll::Pending, "removed");
+        assert_eq!(members[2].poll_raised(&mut cx), Poll::Ready(ROOM));
+    }
+
+    #[tokio::test]
+    async fn a_pass_writes_to_parked_members_and_rings_the_others() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let feed = Feed::new(4);
+        let writer = RoomWriter::new();
+        let parked = Arc::new(Mailbox::default());
+        parked.attach(feed.subscribe(), Some(Arc::new(server)), Encoding::Text);
+        assert!(parked.park());
+        let busy = Arc::new(Mailbox::default());
+        busy.attach(feed.subscribe(), None, Encoding::Text);
+        writer.add(parked.clone());
+        writer.add(busy.clone());
+
+        // Two publishes before the task runs: one pass, both frames.
+        let (one, two) = (event("one"), event("two"));
+        feed.publish(one.clone());
+        writer.schedule();
+        feed.publish(two.clone());
+        writer.schedule();
+        let expected = [
+            &one.frame(Encoding::Text)[..],
+            &two.frame(Encoding::Text)[..],
+        ]
+        .concat();
+        let mut got = vec![0; expected.len()];
+        tokio::time::timeout(Duration::from_secs(5), client.read_exact(&mut got))
+            .await
+            .expect("the writer wrote nothing")
+            .unwrap();
+        assert_eq!(got, expected);
+        let mut cx = Context::from_waker(noop_waker_ref());
+        assert_eq!(busy.poll_raised(&mut cx), Poll::Ready(ROOM));
+        assert_eq!(parked.poll_raised(&mut cx), Poll::Pending);
+        writer.close();
+    }
+}
