@@ -90,8 +90,9 @@ pub struct Line {
     /// The encoding the client asked for.
     encoding: Encoding,
     /// Frames the writer could not finish (the socket was full): the
-    /// session writes them before anything else.
-    leftover: Outbox,
+    /// session writes them before anything else. Boxed: rare, and every
+    /// connection carries the field.
+    leftover: Option<Box<Outbox>>,
 }
 
 impl Default for Line {
@@ -101,7 +102,7 @@ impl Default for Line {
             cursor: None,
             socket: None,
             encoding: Encoding::Text,
-            leftover: Outbox::new(),
+            leftover: None,
         }
     }
 }
@@ -150,7 +151,9 @@ impl Mailbox {
     pub fn claim(&self, outbox: &mut Outbox) {
         let mut line = self.line();
         line.held = true;
-        outbox.take_front(&mut line.leftover);
+        if let Some(mut rest) = line.leftover.take() {
+            outbox.take_front(&mut rest);
+        }
     }
 
     /// The session, holding the line with nothing left to write, offers it
@@ -158,7 +161,7 @@ impl Mailbox {
     /// meantime: the session keeps the line and takes them itself.
     pub fn park(&self) -> bool {
         let mut line = self.line();
-        debug_assert!(line.leftover.is_empty(), "the writer wrote to a held line");
+        debug_assert!(line.leftover.is_none(), "the writer wrote to a held line");
         if line.cursor.as_ref().is_some_and(Cursor::has_news) {
             return false;
         }
@@ -218,7 +221,7 @@ impl Mailbox {
             return;
         }
         // The socket is full or the member far behind: hand over.
-        std::mem::swap(leftover, scratch);
+        *leftover = Some(Box::new(std::mem::take(scratch)));
         line.held = true;
         drop(line);
         self.ring();
