@@ -4,8 +4,9 @@
 //!
 //! The hub publishes under its own lock and then tells the room's writer;
 //! the writer, or a busy member's session, takes everything past the
-//! member's cursor in one short critical section. Whether there is anything to take is one atomic load,
-//! so a session looking when there is nothing new takes no lock at all. A
+//! member's cursor in one short critical section. Whether there is anything
+//! to take is one atomic load, so a look that finds nothing new takes no
+//! lock at all. A
 //! member that falls more than `capacity` events behind skips to the oldest
 //! kept one and is told how many it missed; nobody waits for it. When the
 //! last cursor goes, the kept events go too: an empty room holds none.

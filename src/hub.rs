@@ -11,10 +11,10 @@
 //! the room's history, sends one `Arc` through the room's [`Feed`] and tells
 //! the room's writer (`writer.rs`) a pass is owed, all under the lock; the
 //! writer then takes the line to every member, writing it itself for idle
-//! ones and ringing the [`Mailbox`] of busy ones. So sequence order, history order and
-//! feed order are the same for every receiver, and a member who
-//! subscribes and snapshots the history in one critical section sees every
-//! line exactly once. That publish path is the seam where a backplane
+//! ones and ringing the [`Mailbox`] of busy ones. So sequence order,
+//! history order and feed order are the same for every receiver, and a
+//! member who subscribes and snapshots the history in one critical section
+//! sees every line exactly once. That publish path is the seam where a backplane
 //! shared by several servers can later sit: sessions call the hub and take
 //! from a [`Cursor`] and a [`Mailbox`], whoever fills them.
 
