@@ -11,9 +11,9 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use chat::feed::Next;
+use chat::fanout::feed::Next;
+use chat::fanout::outbox::{Encoded, Outbox};
 use chat::hub::{Hub, HubConfig};
-use chat::outbox::{Encoded, Outbox};
 use chat::protocol::{ChatLine, Encoding, Event};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use tokio::io::AsyncWrite;

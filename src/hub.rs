@@ -24,11 +24,11 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::feed::{Cursor, Feed};
-use crate::writer::RoomWriter;
+use crate::fanout::feed::{Cursor, Feed};
+use crate::fanout::writer::RoomWriter;
 
-pub use crate::mailbox::Mailbox;
-pub use crate::outbox::Encoded;
+pub use crate::fanout::mailbox::Mailbox;
+pub use crate::fanout::outbox::Encoded;
 use crate::protocol::{
     now_millis, validate_nick, validate_text, ChatLine, Event, MemberInfo, RoomInfo, TextError,
     DEFAULT_HISTORY_REPLAY, DEFAULT_ROOM,
@@ -733,7 +733,7 @@ fn new_epoch() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::feed::Next;
+    use crate::fanout::feed::Next;
 
     fn addr(port: u16) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], port))

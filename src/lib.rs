@@ -10,17 +10,9 @@
 //!   connection, with a size cap; the WebSocket upgrade decision lives here.
 //! - [`hub`]: members, rooms, their feeds and history. Synchronous; never
 //!   touches a socket.
-//! - [`feed`]: a room's live events in order, bounded, read through one
-//!   cursor per member.
-//! - [`mailbox`]: a member's private queue and shutdown flag, the wake-up
-//!   bits that tell its session what woke it, and its line: its place in
-//!   the room's feed and who may write to its socket.
-//! - [`writer`]: a room's writer, which takes each new room message
-//!   straight to the sockets of members whose session is idle.
-//! - [`socket`]: a plain TCP stream shared by a session and the writer.
-//! - [`outbox`]: outgoing frames, framed once per event and written to a
-//!   connection in vectored batches.
-//! - [`session`]: one upgraded connection; with `outbox`, the only server
+//! - [`fanout`]: the hand-off from a published room event to every
+//!   member's socket: feed, mailbox, room writer, shared socket, outbox.
+//! - [`session`]: one upgraded connection; with `fanout::outbox`, the only server
 //!   code that speaks WebSocket.
 //! - [`tls`]: loading the certificate and key for `wss://`, and the TLS
 //!   handshake that comes before the HTTP upgrade.
@@ -32,14 +24,10 @@
 
 pub mod admission;
 pub mod client;
-pub mod feed;
+pub mod fanout;
 pub mod handshake;
 pub mod hub;
-pub mod mailbox;
-pub mod outbox;
 pub mod protocol;
 pub mod server;
 pub mod session;
-pub mod socket;
 pub mod tls;
-pub mod writer;

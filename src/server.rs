@@ -23,11 +23,11 @@ use crate::admission::{
     Admission, RefusalLog, Refused, Ticket, DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_CONNECTIONS_PER_IP, REFUSAL_REPORT_INTERVAL,
 };
+use crate::fanout::socket::{SharedTcp, Transport};
 use crate::handshake::{self, Policy, HANDSHAKE_TIMEOUT};
 use crate::hub::{Hub, HubConfig};
 use crate::protocol::Encoding;
 use crate::session::{self, SessionConfig};
-use crate::socket::{SharedTcp, Transport};
 use crate::tls::{self, TLS_HANDSHAKE_TIMEOUT};
 
 /// Largest chat message a client may send by default, in bytes (a single

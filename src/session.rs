@@ -50,14 +50,14 @@ use tokio::time::{Instant, Sleep};
 use tokio_websockets::{CloseCode, Message, WebSocketStream};
 use tracing::{debug, info};
 
-use crate::feed::Taken;
+use crate::fanout::feed::Taken;
+use crate::fanout::mailbox::{self, Mailbox};
+use crate::fanout::outbox::{frame_event, Outbox};
+use crate::fanout::socket::Transport;
 use crate::hub::{History, Hub, Joined, MemberId};
-use crate::mailbox::{self, Mailbox};
-use crate::outbox::{frame_event, Outbox};
 use crate::protocol::{
     parse_command, parse_input, Command, Encoding, Event, Input, DEFAULT_HISTORY_REPLAY,
 };
-use crate::socket::Transport;
 
 /// Most room messages written in one turn before the loop looks at the
 /// client and at shutdown again.

@@ -22,8 +22,8 @@ use std::task::Poll;
 
 use futures_util::task::AtomicWaker;
 
-use crate::mailbox::Mailbox;
-use crate::outbox::Outbox;
+use crate::fanout::mailbox::Mailbox;
+use crate::fanout::outbox::Outbox;
 
 /// Members written to before the writer lets the runtime look at sockets
 /// and other tasks, as it does every so many task polls when sessions do
@@ -140,9 +140,9 @@ impl RoomWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::feed::Feed;
-    use crate::mailbox::ROOM;
-    use crate::outbox::Encoded;
+    use crate::fanout::feed::Feed;
+    use crate::fanout::mailbox::ROOM;
+    use crate::fanout::outbox::Encoded;
     use crate::protocol::{Encoding, Event};
     use futures_util::task::noop_waker_ref;
     use std::task::Context;

@@ -20,7 +20,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::outbox::Encoded;
+use crate::fanout::outbox::Encoded;
 
 /// See the module documentation. Not `Clone`: the room holds the one
 /// handle, and the cursors the others (see `Drop for Cursor`).

@@ -40,8 +40,8 @@ use std::task::{Context, Poll, Wake, Waker};
 use futures_util::task::AtomicWaker;
 use tokio::net::TcpStream;
 
-use crate::feed::{Cursor, Next, Taken};
-use crate::outbox::{frame_event, Encoded, Outbox};
+use crate::fanout::feed::{Cursor, Next, Taken};
+use crate::fanout::outbox::{frame_event, Encoded, Outbox};
 use crate::protocol::{Encoding, Event};
 
 /// Private messages and other events for one member that may wait for its
@@ -378,7 +378,7 @@ mod tests {
     async fn the_writer_writes_to_a_parked_line_and_rings_a_held_one() {
         use tokio::io::AsyncReadExt as _;
         let (server, mut client) = socket_pair().await;
-        let feed = crate::feed::Feed::new(16);
+        let feed = crate::fanout::feed::Feed::new(16);
         let mailbox = Arc::new(Mailbox::default());
         mailbox.attach(feed.subscribe(), Some(server), Encoding::Text);
         let mut cx = Context::from_waker(noop_waker_ref());

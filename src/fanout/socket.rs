@@ -5,7 +5,7 @@
 //! messages straight to the same socket when the session is idle. Both hold
 //! an `Arc<TcpStream>`: tokio's readiness-based `try_read` and `try_write`
 //! take `&TcpStream`, so the stream itself needs no lock. Who may write, and
-//! when, is settled by the member's [`Line`](crate::mailbox::Line): never
+//! when, is settled by the member's [`Line`](crate::fanout::mailbox::Line): never
 //! both at once, and never into the middle of the other's frame.
 
 use std::io;
