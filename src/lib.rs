@@ -17,6 +17,8 @@
 //! - [`tls`]: loading the certificate and key for `wss://`, and the TLS
 //!   handshake that comes before the HTTP upgrade.
 //! - [`server`]: the accept loop and orderly shutdown.
+//! - [`store`]: where rooms' lines are kept; for now the Redis log that
+//!   several servers share.
 //! - [`client`]: the terminal client: connection, reconnect and resume,
 //!   rendering, and the interactive front end.
 #![forbid(unsafe_code)]
@@ -30,4 +32,5 @@ pub mod hub;
 pub mod protocol;
 pub mod server;
 pub mod session;
+pub mod store;
 pub mod tls;

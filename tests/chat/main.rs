@@ -9,4 +9,6 @@ mod core;
 mod door;
 mod features;
 mod guard;
+mod redis;
+mod redis_server;
 mod tls;
