@@ -21,8 +21,8 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use crate::fanout::feed::{Cursor, Feed};
 use crate::fanout::writer::RoomWriter;
@@ -98,6 +98,8 @@ pub enum HubError {
     TooManyRooms(usize),
     /// Joining the room one is already in.
     AlreadyInRoom(String),
+    /// The shared store (Redis, with `--redis`) cannot take the line now.
+    Unavailable,
 }
 
 impl fmt::Display for HubError {
@@ -127,6 +129,7 @@ impl fmt::Display for HubError {
                 )
             }
             HubError::AlreadyInRoom(room) => write!(f, "you are already in {room}"),
+            HubError::Unavailable => f.write_str(UNAVAILABLE),
         }
     }
 }
@@ -139,6 +142,27 @@ impl From<TextError> for HubError {
     }
 }
 
+/// What a sender is told when the shared store cannot take a line.
+pub const UNAVAILABLE: &str =
+    "the chat is unavailable right now (its store is down); try again shortly";
+
+/// Where room lines go when several servers share the rooms (`--redis`):
+/// instead of numbering a line and putting it in the room's feed, the hub
+/// hands it to the relay, and members see it when it comes back through
+/// [`Hub::deliver`] (the sender's own node included), numbered by the
+/// shared store. Called under the hub's lock: every method must return at
+/// once (queue the work, never wait).
+pub trait Relay: Send + Sync + 'static {
+    /// Takes a line (a [`Event::Message`] or [`Event::Action`], `seq` 0)
+    /// to publish; `sender` is told if it fails later. False: it cannot
+    /// take it now.
+    fn publish(&self, line: Event, sender: Arc<Mailbox>) -> bool;
+    /// This node has a room now: deliver its lines here.
+    fn opened(&self, room: &str);
+    /// This node forgot a room: stop delivering its lines.
+    fn closed(&self, room: &str);
+}
+
 /// A cheap, cloneable handle to the shared chat state.
 #[derive(Clone)]
 pub struct Hub {
@@ -147,8 +171,11 @@ pub struct Hub {
 
 struct Inner {
     config: HubConfig,
-    /// Identifies this run of the server, for `/resume`.
-    epoch: u64,
+    /// Identifies this run of the server (or, with a relay, the default
+    /// room's history in the shared store), for `/resume`.
+    epoch: AtomicU64,
+    /// Set once, with `--redis`: room lines go through it.
+    relay: OnceLock<Arc<dyn Relay>>,
     /// Set by [`Hub::shutdown`]; members joining after it are told at once.
     closing: AtomicBool,
     state: Mutex<State>,
@@ -247,6 +274,16 @@ impl Room {
         }
     }
 
+    /// Keeps a published line in the history (at most `depth`).
+    fn keep(&mut self, shared: Shared, depth: usize) {
+        if depth > 0 {
+            if self.history.len() >= depth {
+                self.history.pop_front();
+            }
+            self.history.push_back(shared);
+        }
+    }
+
     /// The last `n` kept lines, oldest first.
     fn recent(&self, n: usize) -> Vec<Shared> {
         let skip = self.history.len().saturating_sub(n);
@@ -338,7 +375,8 @@ impl Hub {
         Hub {
             inner: Arc::new(Inner {
                 config,
-                epoch: new_epoch(),
+                epoch: AtomicU64::new(new_epoch()),
+                relay: OnceLock::new(),
                 closing: AtomicBool::new(false),
                 state: Mutex::new(state),
             }),
@@ -356,7 +394,86 @@ impl Hub {
 
     /// This server run's epoch (see [`Event::Welcome`]).
     pub fn epoch(&self) -> u64 {
-        self.inner.epoch
+        self.inner.epoch.load(Ordering::Acquire)
+    }
+
+    /// Routes room lines through `relay` from now on (see [`Relay`]), with
+    /// `epoch` the shared store's. Only the first call counts.
+    pub fn set_relay(&self, relay: Arc<dyn Relay>, epoch: u64) {
+        self.set_epoch(epoch);
+        let _ = self.inner.relay.set(relay);
+    }
+
+    /// Changes the epoch (the shared store lost the default room's history).
+    pub fn set_epoch(&self, epoch: u64) {
+        self.inner.epoch.store(epoch, Ordering::Release);
+    }
+
+    fn relay(&self) -> Option<&Arc<dyn Relay>> {
+        self.inner.relay.get()
+    }
+
+    /// A line that came back from the shared store (see [`Relay`]): into
+    /// the room's history and feed, in the store's `seq` order, exactly as
+    /// a local publish would. Lines at or below the room's last `seq`, and
+    /// lines of rooms this node does not have, are ignored.
+    pub fn deliver(&self, event: Event) {
+        let depth = self.inner.config.history_depth;
+        let Some(line) = (match &event {
+            Event::Message(line) | Event::Action(line) => Some(line),
+            _ => None,
+        }) else {
+            return;
+        };
+        let (seq, room_name) = (line.seq, line.room.clone());
+        let mut state = self.state();
+        let Some(room) = state.rooms.get_mut(&room_name) else {
+            return;
+        };
+        if seq <= room.last_seq {
+            return;
+        }
+        room.last_seq = seq;
+        let shared = room.send(event);
+        room.keep(shared, depth);
+    }
+
+    /// The lines of `room` the shared store had when this node opened it,
+    /// up to `last_seq`, oldest first: kept as its history (before any
+    /// line delivered since).
+    pub fn seed(&self, room_name: &str, last_seq: u64, lines: Vec<Event>) {
+        let depth = self.inner.config.history_depth;
+        let mut state = self.state();
+        let Some(room) = state.rooms.get_mut(room_name) else {
+            return;
+        };
+        let first = room
+            .history
+            .front()
+            .and_then(chat_line)
+            .map_or(u64::MAX, |l| l.seq);
+        let older: Vec<Shared> = lines
+            .into_iter()
+            .map(|e| Arc::new(Encoded::new(e)))
+            .filter(|s| chat_line(s).is_some_and(|l| l.seq < first && l.seq <= last_seq))
+            .collect();
+        for shared in older.into_iter().rev() {
+            if room.history.len() >= depth {
+                break;
+            }
+            room.history.push_front(shared);
+        }
+        room.last_seq = room.last_seq.max(last_seq);
+    }
+
+    /// The shared store lost `room`'s history (it came back empty): its
+    /// lines start again at `seq` 1.
+    pub fn restart_room(&self, room_name: &str) {
+        let mut state = self.state();
+        if let Some(room) = state.rooms.get_mut(room_name) {
+            room.last_seq = 0;
+            room.history.clear();
+        }
     }
 
     /// Registers a new connection in the default room and announces it.
@@ -386,7 +503,7 @@ impl Hub {
             addr,
             room: DEFAULT_ROOM.to_string(),
             online: state.members.len(),
-            epoch: self.inner.epoch,
+            epoch: self.epoch(),
         };
         Connected {
             id,
@@ -411,6 +528,11 @@ impl Hub {
                 Arc::new(Mailbox::default()),
             ),
         };
+        if !state.rooms.contains_key(room_name) {
+            if let Some(relay) = self.relay() {
+                relay.opened(room_name);
+            }
+        }
         let room = state
             .rooms
             .entry(room_name.to_string())
@@ -468,6 +590,9 @@ impl Hub {
             // come back.
             if room.last_seq == 0 && room_name != DEFAULT_ROOM {
                 state.rooms.remove(&room_name);
+                if let Some(relay) = self.relay() {
+                    relay.closed(&room_name);
+                }
             }
         }
     }
@@ -549,6 +674,28 @@ impl Hub {
         let Some(room) = rooms.get_mut(&member.room) else {
             return Ok(());
         };
+        if let Some(relay) = self.relay() {
+            // Numbered by the shared store; delivered when it comes back.
+            let line = ChatLine {
+                room: member.room.clone(),
+                seq: 0,
+                ts: now_millis(),
+                from: member.addr,
+                nick: member.nick.clone(),
+                text: text.to_string(),
+                history: false,
+            };
+            let event = if action {
+                Event::Action(line)
+            } else {
+                Event::Message(line)
+            };
+            return if relay.publish(event, member.mailbox.clone()) {
+                Ok(())
+            } else {
+                Err(HubError::Unavailable)
+            };
+        }
         room.last_seq += 1;
         let line = ChatLine {
             room: member.room.clone(),
@@ -564,12 +711,7 @@ impl Hub {
         } else {
             Event::Message(line)
         });
-        if depth > 0 {
-            if room.history.len() >= depth {
-                room.history.pop_front();
-            }
-            room.history.push_back(shared);
-        }
+        room.keep(shared, depth);
         Ok(())
     }
 
@@ -663,7 +805,7 @@ impl Hub {
         let state = self.state();
         let room_name = state.room_of(id);
         let room = state.rooms.get(&room_name);
-        let restarted = epoch != self.inner.epoch;
+        let restarted = epoch != self.epoch();
         let last_seq = room.map_or(0, |r| r.last_seq);
         let lines: Vec<Shared> = match room {
             Some(r) if !restarted => r

@@ -68,6 +68,10 @@ pub struct Config {
     /// What each connection may cost once it is a session: message size,
     /// keepalive, rate limit.
     pub session: SessionConfig,
+    /// Share rooms, history and sequence numbers with every server started
+    /// with the same Redis URL (`redis://HOST:PORT/DB`); `None`: this
+    /// server alone.
+    pub redis: Option<String>,
 }
 
 impl Default for Config {
@@ -81,6 +85,7 @@ impl Default for Config {
             max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
             policy: Policy::default(),
             session: SessionConfig::default(),
+            redis: None,
         }
     }
 }
@@ -96,6 +101,13 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let hub = Hub::new(config.hub.clone());
+    // Held for the server's life: dropping it stops the Redis tasks.
+    let _redis = match &config.redis {
+        Some(url) => {
+            Some(crate::store::redis_node::attach(&hub, url, config.hub.history_depth).await?)
+        }
+        None => None,
+    };
     let admission = Admission::new(config.max_connections, config.max_connections_per_ip);
     let mut refusals = RefusalLog::default();
     let mut report = tokio::time::interval(REFUSAL_REPORT_INTERVAL);

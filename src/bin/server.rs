@@ -113,6 +113,11 @@ struct Args {
     /// Messages a client may send at once, above --rate-limit.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_RATE_BURST, value_parser = clap::value_parser!(u32).range(1..))]
     rate_burst: u32,
+    /// Share rooms, history and sequence numbers with every server started
+    /// with the same Redis, e.g. redis://127.0.0.1:6379/0 (see "Running
+    /// several servers" in the README). Without it this server is alone.
+    #[arg(long, value_name = "URL", env = "CHAT_REDIS")]
+    redis: Option<String>,
 }
 
 /// A limit flag's value: 0 means no limit.
@@ -227,6 +232,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
                 burst: args.rate_burst,
             }),
         },
+        redis: args.redis,
         ..Config::default()
     };
     server::run(listener, config, shutdown_signal()).await

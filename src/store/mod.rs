@@ -4,3 +4,4 @@
 //! and the Redis log then sits behind it.
 
 pub mod redis;
+pub mod redis_node;

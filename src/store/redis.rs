@@ -77,6 +77,13 @@ redis.call('PUBLISH', ARGV[4], epoch .. ' ' .. seq .. ' ' .. ARGV[3])
 return {epoch, seq}
 ";
 
+/// Creates the room's epoch if missing and returns it. KEYS: meta. ARGV:
+/// epoch candidate.
+const EPOCH_SCRIPT: &str = r"
+redis.call('HSETNX', KEYS[1], 'epoch', ARGV[1])
+return redis.call('HGET', KEYS[1], 'epoch')
+";
+
 /// The key of a room's hash (`seq`, `epoch`).
 pub fn meta_key(room: &str) -> String {
     format!("chat:{{{room}}}:meta")
@@ -286,6 +293,45 @@ impl RedisLog {
             .invoke_async(&mut self.conn())
             .await?;
         Ok((parse_epoch(&epoch)?, seq))
+    }
+
+    /// Appends lines, each to its room, in one round trip (a pipeline of
+    /// the same script, run in order). Returns each line's epoch and seq.
+    /// On an error some of the lines may have been appended.
+    pub async fn append_many(
+        &self,
+        lines: &[(&str, &Entry)],
+    ) -> Result<Vec<(u64, u64)>, StoreError> {
+        let mut pipe = redis::pipe();
+        for (room, entry) in lines {
+            let line = serde_json::to_string(entry).map_err(StoreError::new)?;
+            // EVAL, not EVALSHA: a Redis that restarted has forgotten the
+            // script, and retrying part of a pipeline could append twice.
+            pipe.cmd("EVAL")
+                .arg(APPEND_SCRIPT)
+                .arg(2)
+                .arg(meta_key(room))
+                .arg(log_key(room))
+                .arg(new_epoch())
+                .arg(self.inner.max_len)
+                .arg(line)
+                .arg(channel(room));
+        }
+        let answers: Vec<(String, u64)> = pipe.query_async(&mut self.conn()).await?;
+        answers
+            .into_iter()
+            .map(|(epoch, seq)| Ok((parse_epoch(&epoch)?, seq)))
+            .collect()
+    }
+
+    /// `room`'s epoch, created now if it has none.
+    pub async fn epoch(&self, room: &str) -> Result<u64, StoreError> {
+        let epoch: String = Script::new(EPOCH_SCRIPT)
+            .key(meta_key(room))
+            .arg(new_epoch())
+            .invoke_async(&mut self.conn())
+            .await?;
+        parse_epoch(&epoch)
     }
 
     /// Where `room`'s log stands.

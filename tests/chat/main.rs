@@ -9,6 +9,7 @@ mod core;
 mod door;
 mod features;
 mod guard;
+mod nodes;
 mod redis;
 mod redis_server;
 mod tls;
