@@ -9,26 +9,19 @@
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 
-use anstyle::{AnsiColor, Color, Effects, Style};
+use anstyle::{Ansi256Color, AnsiColor, Color, Effects, Style};
 use chrono::{DateTime, Local, TimeZone as _};
 
 use super::sanitize::{sanitize, sanitize_json};
 use crate::protocol::{ChatLine, Event};
 
-/// Colours senders are drawn from. Magenta is left out: it marks private
-/// messages; red is left out: it marks errors.
-const PALETTE: [AnsiColor; 10] = [
-    AnsiColor::Green,
-    AnsiColor::Yellow,
-    AnsiColor::Blue,
-    AnsiColor::Cyan,
-    AnsiColor::BrightGreen,
-    AnsiColor::BrightYellow,
-    AnsiColor::BrightBlue,
-    AnsiColor::BrightCyan,
-    AnsiColor::BrightMagenta,
-    AnsiColor::BrightRed,
-];
+/// Colours senders are drawn from: xterm 256-colour cube entries of mid
+/// lightness, so each reads on a black and on a white background (the
+/// 16 named colours depend on the terminal's theme; the cube does not).
+/// Blues, greens, cyans, olive/orange and purples; nothing near red (red
+/// marks errors) and no pure magenta (it marks private messages). The test
+/// `palette_is_readable_and_not_red` computes both properties.
+const PALETTE: [u8; 14] = [27, 28, 29, 30, 31, 32, 63, 64, 97, 98, 100, 130, 133, 134];
 
 /// How serious a client notice is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,7 +76,7 @@ pub fn plain_notice(text: &str) -> String {
 
 /// A stable colour for a sender: a hash of the lower-cased nickname (nicks
 /// are unique ignoring case), or of the address for those without one.
-pub fn sender_color(nick: Option<&str>, addr: SocketAddr) -> AnsiColor {
+pub fn sender_color(nick: Option<&str>, addr: SocketAddr) -> Color {
     // FNV-1a: tiny, stable across runs and platforms (std's hasher is not).
     let mut hash: u32 = 0x811c_9dc5;
     let key = match nick {
@@ -93,11 +86,11 @@ pub fn sender_color(nick: Option<&str>, addr: SocketAddr) -> AnsiColor {
     for b in key.bytes() {
         hash = (hash ^ u32::from(b)).wrapping_mul(0x0100_0193);
     }
-    PALETTE[hash as usize % PALETTE.len()]
+    Color::Ansi256(Ansi256Color(PALETTE[hash as usize % PALETTE.len()]))
 }
 
-fn fg(color: AnsiColor) -> Style {
-    Style::new().fg_color(Some(Color::Ansi(color)))
+fn fg(color: impl Into<Color>) -> Style {
+    Style::new().fg_color(Some(color.into()))
 }
 
 fn dim() -> Style {
@@ -194,7 +187,7 @@ fn sender(line: &mut Line, chat: &ChatLine, me: Option<SocketAddr>) {
     let color = sender_color(chat.nick.as_deref(), chat.from);
     let style = if Some(chat.from) == me {
         fg(AnsiColor::Black)
-            .bg_color(Some(Color::Ansi(color)))
+            .bg_color(Some(color))
             .bold()
     } else {
         fg(color).bold()
@@ -239,6 +232,77 @@ mod tests {
             sender_color(Some("Alice"), b)
         );
         assert_eq!(sender_color(None, a), sender_color(None, a));
+    }
+
+    /// The sRGB of an xterm 256-colour cube entry (16..=231).
+    fn cube_rgb(index: u8) -> [f64; 3] {
+        const LEVELS: [f64; 6] = [0.0, 95.0, 135.0, 175.0, 215.0, 255.0];
+        let n = usize::from(index - 16);
+        [LEVELS[n / 36], LEVELS[n / 6 % 6], LEVELS[n % 6]]
+    }
+
+    /// WCAG relative luminance.
+    fn luminance(rgb: [f64; 3]) -> f64 {
+        let lin = |c: f64| {
+            let c = c / 255.0;
+            if c <= 0.040_45 {
+                c / 12.92
+            } else {
+                ((c + 0.055) / 1.055).powf(2.4)
+            }
+        };
+        0.2126 * lin(rgb[0]) + 0.7152 * lin(rgb[1]) + 0.0722 * lin(rgb[2])
+    }
+
+    /// Hue in degrees (0 = red) and HSV saturation.
+    fn hue_saturation(rgb: [f64; 3]) -> (f64, f64) {
+        let [r, g, b] = rgb.map(|c| c / 255.0);
+        let max = r.max(g).max(b);
+        let min = r.min(g).min(b);
+        let d = max - min;
+        if d == 0.0 {
+            return (0.0, 0.0);
+        }
+        let h = if max == r {
+            60.0 * ((g - b) / d).rem_euclid(6.0)
+        } else if max == g {
+            60.0 * ((b - r) / d + 2.0)
+        } else {
+            60.0 * ((r - g) / d + 4.0)
+        };
+        (h, d / max)
+    }
+
+    #[test]
+    fn palette_is_readable_and_not_red() {
+        for &index in &PALETTE {
+            assert!((16..=231).contains(&index), "{index} is not a cube colour");
+            let rgb = cube_rgb(index);
+            let l = luminance(rgb);
+            let on_black = (l + 0.05) / 0.05;
+            let on_white = 1.05 / (l + 0.05);
+            assert!(on_black >= 3.5, "{index} {rgb:?}: {on_black:.1}:1 on black");
+            assert!(on_white >= 3.5, "{index} {rgb:?}: {on_white:.1}:1 on white");
+            let (hue, sat) = hue_saturation(rgb);
+            let from_red = hue.min(360.0 - hue);
+            assert!(sat > 0.3, "{index} {rgb:?} is grey");
+            assert!(from_red > 25.0, "{index} {rgb:?} is red-ish (hue {hue:.0})");
+        }
+        // The errors' colour really is excluded by the same measure.
+        let (hue, _) = hue_saturation([215.0, 0.0, 0.0]);
+        assert!(hue.min(360.0 - hue) <= 25.0);
+    }
+
+    #[test]
+    fn colours_are_spread_and_stable() {
+        // Pinned: a nick keeps its colour across releases of this palette.
+        let a = SocketAddr::from(([127, 0, 0, 1], 1));
+        let first = sender_color(Some("alice"), a);
+        assert_eq!(first, sender_color(Some("ALICE"), a));
+        let used: std::collections::HashSet<_> = (0..200)
+            .map(|i| sender_color(Some(&format!("user{i}")), a))
+            .collect();
+        assert!(used.len() >= PALETTE.len() - 1, "{used:?}");
     }
 
     #[test]
