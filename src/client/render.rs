@@ -186,9 +186,7 @@ pub fn rich_event(event: &Event, me: Option<SocketAddr>) -> Line {
 fn sender(line: &mut Line, chat: &ChatLine, me: Option<SocketAddr>) {
     let color = sender_color(chat.nick.as_deref(), chat.from);
     let style = if Some(chat.from) == me {
-        fg(AnsiColor::Black)
-            .bg_color(Some(color))
-            .bold()
+        fg(AnsiColor::Black).bg_color(Some(color)).bold()
     } else {
         fg(color).bold()
     };
