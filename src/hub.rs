@@ -854,6 +854,11 @@ impl Hub {
     pub fn online(&self) -> usize {
         self.state().members.len()
     }
+
+    /// How many rooms exist now (for the `chat_rooms` gauge).
+    pub fn room_count(&self) -> usize {
+        self.state().rooms.len()
+    }
 }
 
 /// A number that differs between runs of the server.

@@ -6,29 +6,27 @@
 //! real server in-process.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::FutureExt as _;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _};
+use tokio::io::AsyncWriteExt as _;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::rustls::ServerConfig;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tokio_websockets::{Limits, ServerBuilder};
-use tracing::{debug, error, info, info_span, warn, Instrument as _};
+use tracing::{error, info, info_span, warn, Instrument as _};
 
-use crate::admission::{
-    Admission, RefusalLog, Refused, Ticket, DEFAULT_MAX_CONNECTIONS,
-    DEFAULT_MAX_CONNECTIONS_PER_IP, REFUSAL_REPORT_INTERVAL,
+use crate::http::admission::{
+    Admission, RefusalLog, Refused, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_IP,
+    REFUSAL_REPORT_INTERVAL,
 };
-use crate::fanout::socket::{SharedTcp, Transport};
-use crate::handshake::{self, Policy, HANDSHAKE_TIMEOUT};
+use crate::http::policy::Policy;
+use crate::http::readiness::SHUTTING_DOWN;
+use crate::http::tls::TLS_HANDSHAKE_TIMEOUT;
+use crate::http::{self as door, Door, Readiness, Serves, HANDSHAKE_TIMEOUT};
 use crate::hub::{Hub, HubConfig};
-use crate::protocol::Encoding;
+use crate::metrics::Metrics;
 use crate::session::{self, SessionConfig};
-use crate::tls::{self, TLS_HANDSHAKE_TIMEOUT};
 
 /// Largest chat message a client may send by default, in bytes (a single
 /// frame or all fragments of one message together). Bigger ones end the
@@ -72,6 +70,13 @@ pub struct Config {
     /// with the same Redis URL (`redis://HOST:PORT/DB`); `None`: this
     /// server alone.
     pub redis: Option<String>,
+    /// How long the server keeps serving after shutdown begins, with
+    /// `/readyz` answering 503, so a load balancer stops sending new
+    /// clients before connections are closed. Zero: close at once.
+    pub drain: Duration,
+    /// What `/readyz` answers; components the chat needs mark themselves
+    /// down on it (see [`Readiness`]). Shutdown marks it down too.
+    pub readiness: Readiness,
 }
 
 impl Default for Config {
@@ -86,6 +91,8 @@ impl Default for Config {
             policy: Policy::default(),
             session: SessionConfig::default(),
             redis: None,
+            drain: Duration::ZERO,
+            readiness: Readiness::new(),
         }
     }
 }
@@ -100,6 +107,20 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    run_with(listener, None, config, shutdown).await
+}
+
+/// [`run`], with `/metrics`, `/healthz` and `/readyz` served on
+/// `ops_listener` instead of the chat port when one is given.
+pub async fn run_with(
+    listener: TcpListener,
+    ops_listener: Option<TcpListener>,
+    mut config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    // The DNS-rebinding guard applies where a browser on this machine is
+    // the only kind of visitor: a loopback bind.
+    config.policy.loopback_bind = listener.local_addr()?.ip().is_loopback();
     let hub = Hub::new(config.hub.clone());
     // Held for the server's life: dropping it stops the Redis tasks.
     let _redis = match &config.redis {
@@ -112,15 +133,45 @@ pub async fn run(
     let mut refusals = RefusalLog::default();
     let mut report = tokio::time::interval(REFUSAL_REPORT_INTERVAL);
     report.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let config = Arc::new(config);
-    let stop = CancellationToken::new();
-    let tasks = TaskTracker::new();
+    let readiness = config.readiness.clone();
+    let drain = config.drain;
+    let door = Door {
+        hub: hub.clone(),
+        config: Arc::new(config),
+        stop: CancellationToken::new(),
+        tasks: TaskTracker::new(),
+        metrics: Arc::new(Metrics::new()),
+        readiness: readiness.clone(),
+        serves: if ops_listener.is_some() {
+            Serves::Chat
+        } else {
+            Serves::All
+        },
+    };
+    if let Some(ops) = ops_listener {
+        let ops_door = Door {
+            serves: Serves::Ops,
+            ..door.clone()
+        };
+        door.tasks.spawn(serve_ops(ops, ops_door));
+    }
     tokio::pin!(shutdown);
+    // Ends the accept loop: shutdown, then the drain period if any.
+    let mut draining: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
 
     let mut backoff = MIN_ACCEPT_BACKOFF;
     loop {
         let accepted = tokio::select! {
-            () = &mut shutdown => break,
+            () = &mut shutdown, if draining.is_none() => {
+                readiness.down(SHUTTING_DOWN);
+                if drain.is_zero() {
+                    break;
+                }
+                info!(drain = ?drain, "shutdown begun: draining");
+                draining = Some(Box::pin(tokio::time::sleep(drain)));
+                continue;
+            }
+            () = async { if let Some(d) = draining.as_mut() { d.await } else { std::future::pending().await } } => break,
             accepted = listener.accept() => accepted,
             _ = report.tick() => {
                 refusals.tick(std::time::Instant::now());
@@ -135,20 +186,16 @@ pub async fn run(
                 match admission.admit(addr.ip()) {
                     Ok(ticket) => {
                         let span = info_span!("conn", %addr);
-                        let conn = serve_connection(
-                            stream,
-                            addr,
-                            ticket,
-                            hub.clone(),
-                            config.clone(),
-                            stop.clone(),
-                            tasks.clone(),
-                        );
-                        tasks.spawn(conn.instrument(span));
+                        let conn = door::serve(stream, addr, ticket, door.clone());
+                        door.tasks.spawn(conn.instrument(span));
                     }
                     Err(why) => {
                         refusals.refused(why, std::time::Instant::now());
-                        tasks.spawn(refuse(stream, why));
+                        door.metrics.handshake_rejected(match why {
+                            Refused::Global => "connection_cap",
+                            Refused::PerIp => "per_ip_cap",
+                        });
+                        door.tasks.spawn(refuse(stream, why));
                     }
                 }
             }
@@ -156,19 +203,17 @@ pub async fn run(
                 // EMFILE and friends: wait for connections to free resources
                 // rather than spinning or giving up.
                 error!(error = %e, retry_in = ?backoff, "accept failed");
-                tokio::select! {
-                    () = &mut shutdown => break,
-                    () = tokio::time::sleep(backoff) => {}
-                }
+                tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(MAX_ACCEPT_BACKOFF);
             }
         }
     }
 
+    let tasks = door.tasks.clone();
     info!(connections = tasks.len(), "shutting down");
     drop(listener);
     hub.shutdown();
-    stop.cancel();
+    door.stop.cancel();
     tasks.close();
     if tokio::time::timeout(SHUTDOWN_GRACE, tasks.wait())
         .await
@@ -183,6 +228,37 @@ pub async fn run(
     Ok(())
 }
 
+/// Most connections open at once on the `--metrics-addr` listener: scrapes
+/// and probes are few, and they must not be starved by the chat's caps.
+const MAX_OPS_CONNECTIONS: usize = 64;
+
+/// Serves the operators' endpoints on their own listener until shutdown.
+async fn serve_ops(listener: TcpListener, door: Door) {
+    let admission = Admission::new(MAX_OPS_CONNECTIONS, 0);
+    loop {
+        let accepted = tokio::select! {
+            () = door.stop.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, addr)) => match admission.admit(addr.ip()) {
+                Ok(ticket) => {
+                    let span = info_span!("ops", %addr);
+                    let conn = door::serve(stream, addr, ticket, door.clone());
+                    door.tasks.spawn(conn.instrument(span));
+                }
+                Err(why) => {
+                    door.tasks.spawn(refuse(stream, why));
+                }
+            },
+            Err(e) => {
+                error!(error = %e, "accept failed on the metrics listener");
+                tokio::time::sleep(MAX_ACCEPT_BACKOFF).await;
+            }
+        }
+    }
+}
+
 /// Answers a connection over a cap and closes it, reading none of its
 /// request: the answer does not depend on it, and reading would cost the
 /// very resources the cap protects.
@@ -192,109 +268,4 @@ async fn refuse(mut stream: TcpStream, why: Refused) {
         stream.shutdown().await
     })
     .await;
-}
-
-/// One connection from TCP accept to its upgrade. `ticket` holds its place
-/// inside the connection caps until the session ends.
-async fn serve_connection(
-    stream: TcpStream,
-    addr: SocketAddr,
-    ticket: Ticket,
-    hub: Hub,
-    config: Arc<Config>,
-    stop: CancellationToken,
-    tasks: TaskTracker,
-) {
-    // Chat frames are small and latency matters more than packet count; the
-    // session batches its writes itself.
-    if let Err(e) = stream.set_nodelay(true) {
-        debug!(error = %e, "could not set TCP_NODELAY");
-    }
-    let Some(tls_config) = config.tls.clone() else {
-        // Shared with the room's writer (see `socket`).
-        let stream = SharedTcp::new(stream);
-        return upgrade_and_serve(stream, addr, ticket, hub, config, stop, tasks).await;
-    };
-    let secured = tokio::select! {
-        () = stop.cancelled() => return,
-        // Boxed: a TLS connection's state is large, and inline it would
-        // make every plain connection's handshake task as big.
-        secured = tokio::time::timeout(
-            config.tls_handshake_timeout,
-            Box::pin(tls::accept(stream, tls_config)),
-        ) => secured,
-    };
-    match secured {
-        Ok(Ok(stream)) => {
-            Box::pin(upgrade_and_serve(
-                stream, addr, ticket, hub, config, stop, tasks,
-            ))
-            .await
-        }
-        Ok(Err(e)) => info!(error = %e, "TLS handshake failed"),
-        Err(_) => {
-            info!(timeout = ?config.tls_handshake_timeout, "TLS handshake timed out");
-        }
-    }
-}
-
-/// The HTTP upgrade, then the session in a task of its own, over TCP or TLS
-/// alike.
-async fn upgrade_and_serve<S>(
-    stream: S,
-    addr: SocketAddr,
-    ticket: Ticket,
-    hub: Hub,
-    config: Arc<Config>,
-    stop: CancellationToken,
-    tasks: TaskTracker,
-) where
-    S: Transport + Send + 'static,
-{
-    // Boxed: the handshake's buffers and timers are needed for a moment.
-    let Some((stream, encoding)) = Box::pin(upgrade(stream, &config, &stop)).await else {
-        return;
-    };
-    // `None` is no limit.
-    let limits = Limits::default().max_payload_len(config.session.max_message_bytes);
-    let ws = ServerBuilder::new().limits(limits).serve(stream);
-    // Shutdown reaches the session through the hub (`Hub::shutdown`).
-    let session = session::run(ws, addr, encoding, hub, &config.session);
-    // A task of its own, sized for the session alone: a connection lives
-    // for hours, and the handshake's task would carry everything the
-    // handshake needed for all that time.
-    // (`map`, not an `async` block, which would hold the session future
-    // twice: once captured, once being awaited.)
-    let session = session.map(move |()| drop(ticket));
-    tasks.spawn(session.instrument(tracing::Span::current()));
-}
-
-/// Reads and answers the upgrade request; `None` if the connection did not
-/// become a WebSocket (already logged).
-async fn upgrade<S>(
-    mut stream: S,
-    config: &Config,
-    stop: &CancellationToken,
-) -> Option<(S, Encoding)>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let accepted = tokio::select! {
-        () = stop.cancelled() => return None,
-        accepted = tokio::time::timeout(config.handshake_timeout, handshake::accept(&mut stream, &config.policy)) => accepted,
-    };
-    match accepted {
-        Ok(Ok(accepted)) => {
-            info!(encoding = ?accepted.encoding, "connected");
-            Some((stream, accepted.encoding))
-        }
-        Ok(Err(e)) => {
-            info!(error = %e, "handshake failed");
-            None
-        }
-        Err(_) => {
-            info!(timeout = ?config.handshake_timeout, "handshake timed out");
-            None
-        }
-    }
 }

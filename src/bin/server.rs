@@ -5,8 +5,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use chat::admission::{DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_IP};
-use chat::handshake::{Policy, Token, HANDSHAKE_TIMEOUT};
+use chat::http::admission::{DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_IP};
+use chat::http::policy::{validate_origin, Policy, Token};
+use chat::http::tls::{self, TLS_HANDSHAKE_TIMEOUT};
+use chat::http::HANDSHAKE_TIMEOUT;
 use chat::hub::{
     HubConfig, DEFAULT_CHANNEL_CAPACITY, DEFAULT_HISTORY_DEPTH, DEFAULT_MAX_ROOMS,
     DEFAULT_PRESENCE_LIMIT,
@@ -16,7 +18,6 @@ use chat::session::{
     Rate, SessionConfig, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_PING_INTERVAL, DEFAULT_PING_TIMEOUT,
     DEFAULT_RATE_BURST, DEFAULT_RATE_LIMIT,
 };
-use chat::tls::{self, TLS_HANDSHAKE_TIMEOUT};
 use clap::builder::TypedValueParser as _;
 use clap::Parser;
 use tokio::net::{TcpListener, TcpSocket};
@@ -66,6 +67,24 @@ struct Args {
     /// allowed. Others get 403.
     #[arg(long = "allowed-origin", value_name = "ORIGIN")]
     allowed_origins: Vec<String>,
+    /// A host name this server answers to besides loopback names, when it
+    /// listens on a loopback address (a guard against DNS rebinding: other
+    /// Host values get 403); repeat for more. Has no effect on other binds.
+    #[arg(long = "allowed-host", value_name = "HOST")]
+    allowed_hosts: Vec<String>,
+    /// Serve /metrics, /healthz and /readyz on this address instead of the
+    /// chat port (keep them off the internet); the chat port then serves
+    /// none of them.
+    #[arg(long, env = "CHAT_METRICS_ADDR", value_name = "HOST:PORT")]
+    metrics_addr: Option<SocketAddr>,
+    /// Seconds to keep serving after SIGTERM or Ctrl+C with /readyz
+    /// answering 503, so a load balancer stops sending clients first.
+    #[arg(long, value_name = "SECONDS", default_value_t = 0)]
+    drain: u64,
+    /// How logs are written on stderr: text for people, json (one object a
+    /// line) for log shippers.
+    #[arg(long, value_enum, env = "CHAT_LOG_FORMAT", default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     /// A secret clients must show, as "Authorization: Bearer TOKEN" or as
     /// ?token=TOKEN in the URL; others get 401. Prefer the environment
     /// variable: command lines are visible to other users.
@@ -120,6 +139,13 @@ struct Args {
     redis: Option<String>,
 }
 
+/// The `--log-format` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
 /// A limit flag's value: 0 means no limit.
 fn limit<T: Default + PartialEq>(value: T) -> Option<T> {
     (value != T::default()).then_some(value)
@@ -158,14 +184,25 @@ const EVENT_INTERVAL: u32 = 1024;
 
 fn main() {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
-        .init();
+    // Before anything starts: a malformed origin is a typo to fix now, not
+    // a browser refused later.
+    for origin in &args.allowed_origins {
+        if let Err(e) = validate_origin(origin) {
+            eprintln!("error: {e}");
+            std::process::exit(2);
+        }
+    }
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Json => logs.json().init(),
+        LogFormat::Text => logs
+            .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
+            .init(),
+    }
     let threads = match args.threads {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
@@ -203,6 +240,18 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     let scheme = if tls.is_some() { "wss" } else { "ws" };
     let listener = bind(args.addr).with_context(|| format!("cannot listen on {}", args.addr))?;
     info!("listening on {scheme}://{}", listener.local_addr()?);
+    let ops_listener = match args.metrics_addr {
+        Some(addr) => {
+            let ops =
+                bind(addr).with_context(|| format!("cannot listen on {addr} (--metrics-addr)"))?;
+            info!(
+                "metrics, health and readiness on http://{}",
+                ops.local_addr()?
+            );
+            Some(ops)
+        }
+        None => None,
+    };
     // Every field is set today; the update keeps settings added to Config
     // later at their defaults until they get a flag.
     #[allow(clippy::needless_update)]
@@ -222,6 +271,8 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         policy: Policy {
             allowed_origins: args.allowed_origins,
             token: args.token.map(Token::new),
+            allowed_hosts: args.allowed_hosts,
+            ..Policy::default()
         },
         session: SessionConfig {
             max_message_bytes: limit(args.max_message_bytes),
@@ -233,9 +284,10 @@ async fn serve(args: Args) -> anyhow::Result<()> {
             }),
         },
         redis: args.redis,
+        drain: Duration::from_secs(args.drain),
         ..Config::default()
     };
-    server::run(listener, config, shutdown_signal()).await
+    server::run_with(listener, ops_listener, config, shutdown_signal()).await
 }
 
 /// Binds the listening socket with a long accept queue: under a burst of

@@ -93,7 +93,7 @@ impl Drop for Pki {
 }
 
 async fn start_tls(pki: &Pki, config: Config) -> TestServer {
-    let tls = chat::tls::load(&pki.cert(), &pki.key()).expect("test certificate should load");
+    let tls = chat::http::tls::load(&pki.cert(), &pki.key()).expect("test certificate should load");
     TestServer::start_with(Config {
         tls: Some(tls),
         ..config
@@ -196,7 +196,7 @@ async fn a_stalled_tls_handshake_is_dropped_after_its_timeout() {
 fn load_error(cert: &Path, key: &Path) -> String {
     format!(
         "{:#}",
-        chat::tls::load(cert, key).expect_err("should not load")
+        chat::http::tls::load(cert, key).expect_err("should not load")
     )
 }
 

@@ -1,116 +1,29 @@
-//! The HTTP/1.1 request that opens every connection, up to the WebSocket
-//! upgrade.
-//!
-//! tokio-websockets' own `accept` reads the request with neither a size cap
-//! nor a timeout, so a silent or endless handshake could hold a task forever
-//! or grow memory without bound. Here the request is read into a buffer of at
-//! most [`MAX_REQUEST_BYTES`], parsed with `httparse`, checked by
-//! [`negotiate`], and answered either with `101 Switching Protocols` or with a
-//! plain HTTP error; only then is the stream handed to tokio-websockets
-//! (`ServerBuilder::serve`). The caller bounds the whole exchange with
-//! [`HANDSHAKE_TIMEOUT`].
+//! The request policy: whether a request may open a chat, decided by pure
+//! functions over `http::Request`, tested without sockets.
 //!
 //! [`negotiate`] is the one place that decides whether a request becomes a
-//! chat session: the [`Policy`] (which browser origins may connect, and the
-//! token clients must show), then the upgrade itself and the subprotocol; a
-//! browser page or a metrics endpoint later.
+//! chat session: the Host guard against DNS rebinding, the [`Policy`] (which
+//! browser origins may connect, and the token clients must show), then the
+//! upgrade itself and the subprotocol.
 //!
 //! Secrets never reach a log: a token may come in the `Authorization` header
-//! or in the request URI, so neither is ever logged, and both are removed
-//! from the request handed on in [`Accepted`].
+//! or in the request URI, so neither is ever logged, and
+//! [`without_credentials`] removes both from the request handed on.
 
 use std::fmt;
-use std::time::Duration;
+use std::net::IpAddr;
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
-use bytes::{BufMut as _, BytesMut};
 use http::header::{HeaderName, AUTHORIZATION, HOST, ORIGIN};
 use http::uri::{Authority, PathAndQuery};
-use http::{HeaderMap, Method, Request, StatusCode, Uri};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use subtle::ConstantTimeEq as _;
-use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 
 use crate::protocol::{Encoding, JSON_SUBPROTOCOL, TEXT_SUBPROTOCOL};
 
-/// Largest request head (request line and headers) the server reads.
-pub const MAX_REQUEST_BYTES: usize = 8 * 1024;
-/// How long a client has to send its request and receive the answer.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Most headers a request may carry.
-const MAX_HEADERS: usize = 64;
 /// Fixed GUID from RFC 6455, section 1.3.
 const WEBSOCKET_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
-
-/// Why a connection did not become a WebSocket session.
-#[derive(Debug)]
-pub enum HandshakeError {
-    /// The request head grew past [`MAX_REQUEST_BYTES`] (or had too many headers).
-    TooLarge,
-    /// The bytes were not an HTTP/1.1 request.
-    Malformed(String),
-    /// The client sent WebSocket data before it had our answer (RFC 6455
-    /// forbids this, and those bytes would otherwise be lost).
-    EarlyData,
-    /// The peer closed the connection before finishing its request.
-    Closed,
-    /// The request was valid HTTP but was refused (see [`Rejection`]).
-    Rejected(Rejection),
-    /// Reading or writing failed.
-    Io(std::io::Error),
-}
-
-impl fmt::Display for HandshakeError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            HandshakeError::TooLarge => {
-                write!(
-                    f,
-                    "request head larger than {MAX_REQUEST_BYTES} bytes or {MAX_HEADERS} headers"
-                )
-            }
-            HandshakeError::Malformed(why) => write!(f, "malformed HTTP request: {why}"),
-            HandshakeError::EarlyData => f.write_str("client sent data before the upgrade"),
-            HandshakeError::Closed => f.write_str("connection closed during the handshake"),
-            HandshakeError::Rejected(r) => {
-                write!(f, "refused with {}: {}", r.status, r.message)?;
-                if let Some(detail) = &r.detail {
-                    write!(f, " ({detail})")?;
-                }
-                Ok(())
-            }
-            HandshakeError::Io(e) => write!(f, "I/O error during the handshake: {e}"),
-        }
-    }
-}
-
-impl std::error::Error for HandshakeError {}
-
-impl From<std::io::Error> for HandshakeError {
-    fn from(e: std::io::Error) -> Self {
-        HandshakeError::Io(e)
-    }
-}
-
-impl HandshakeError {
-    /// The HTTP answer owed to the client, if any.
-    pub fn response(&self) -> Option<Vec<u8>> {
-        match self {
-            HandshakeError::TooLarge => Some(
-                Rejection::new(
-                    StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                    "request head too large",
-                )
-                .to_bytes(),
-            ),
-            HandshakeError::Malformed(_) | HandshakeError::EarlyData => Some(
-                Rejection::new(StatusCode::BAD_REQUEST, "malformed WebSocket handshake").to_bytes(),
-            ),
-            HandshakeError::Rejected(r) => Some(r.to_bytes()),
-            HandshakeError::Closed | HandshakeError::Io(_) => None,
-        }
-    }
-}
 
 /// A refused request: the status, a one-line explanation for people, and any
 /// headers the status calls for.
@@ -125,6 +38,9 @@ pub struct Rejection {
     pub header: Option<(&'static str, &'static str)>,
     /// More for the log, never sent (e.g. the refused Origin, sanitized).
     pub detail: Option<String>,
+    /// A short fixed word for the `reason` label of
+    /// `chat_handshakes_rejected_total` (never peer-supplied text).
+    pub reason: &'static str,
 }
 
 impl Rejection {
@@ -135,7 +51,29 @@ impl Rejection {
             message: message.into(),
             header: None,
             detail: None,
+            reason: match status {
+                StatusCode::UNAUTHORIZED => "token",
+                StatusCode::FORBIDDEN => "origin",
+                StatusCode::METHOD_NOT_ALLOWED => "method",
+                StatusCode::UPGRADE_REQUIRED => "not_websocket",
+                StatusCode::HTTP_VERSION_NOT_SUPPORTED => "http_version",
+                StatusCode::TOO_MANY_REQUESTS => "per_ip_cap",
+                StatusCode::SERVICE_UNAVAILABLE => "connection_cap",
+                _ => "bad_request",
+            },
         }
+    }
+
+    /// Sets the `reason` label.
+    #[must_use]
+    pub fn with_reason(mut self, reason: &'static str) -> Self {
+        self.reason = reason;
+        self
+    }
+
+    /// The `reason` label of `chat_handshakes_rejected_total`.
+    pub fn reason(&self) -> &'static str {
+        self.reason
     }
 
     /// Adds a response header the status calls for.
@@ -152,7 +90,27 @@ impl Rejection {
         self
     }
 
-    /// The full HTTP/1.1 response.
+    /// The answer as a response for hyper. `Connection: close`: a refused
+    /// client is not kept waiting on an idle connection.
+    pub fn to_response(&self) -> Response<http_body_util::Full<bytes::Bytes>> {
+        let mut response = Response::new(http_body_util::Full::from(format!("{}\n", self.message)));
+        *response.status_mut() = self.status;
+        let headers = response.headers_mut();
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        headers.insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        if let Some((name, value)) = self.header {
+            if let Ok(name) = HeaderName::from_bytes(name.as_bytes()) {
+                headers.insert(name, HeaderValue::from_static(value));
+            }
+        }
+        response
+    }
+
+    /// The full HTTP/1.1 response, for the answers written before any
+    /// HTTP is read (connection caps, plain HTTP on the TLS port).
     pub fn to_bytes(&self) -> Vec<u8> {
         let body = format!("{}\n", self.message);
         let mut out = format!(
@@ -171,17 +129,6 @@ impl Rejection {
     }
 }
 
-/// An accepted upgrade: what the session needs to know about the request.
-#[derive(Debug)]
-pub struct Accepted {
-    /// The encoding the client chose through its subprotocol.
-    pub encoding: Encoding,
-    /// The request, for anything later layers want from it, without its
-    /// credentials: no `Authorization` header and no `token` query
-    /// parameter, so logging it cannot leak them.
-    pub request: Request<()>,
-}
-
 /// Who may open a chat: checked by [`negotiate`] before any upgrade.
 #[derive(Debug, Clone, Default)]
 pub struct Policy {
@@ -197,9 +144,54 @@ pub struct Policy {
     /// The secret every client must show, as `Authorization: Bearer TOKEN`
     /// or as a `token` query parameter; `None`: no token needed.
     pub token: Option<Token>,
+    /// Host names (with or without a port) this server answers to besides
+    /// loopback names, when it listens on a loopback address; see
+    /// [`Policy::check_host`].
+    pub allowed_hosts: Vec<String>,
+    /// Whether the server listens on a loopback address: then only
+    /// loopback names and [`Policy::allowed_hosts`] are accepted as `Host`.
+    /// Set by `server::run` from the bound address.
+    pub loopback_bind: bool,
 }
 
 impl Policy {
+    /// Refuses a request whose `Host` is not ours while we listen on
+    /// loopback (403): the DNS-rebinding guard. A page on `evil.example`
+    /// whose name is re-pointed at 127.0.0.1 reaches us with
+    /// `Host: evil.example` and, to the browser, the same origin; only the
+    /// Host header tells it apart. A request without a Host header is not
+    /// from a browser and is let through.
+    pub fn check_host(&self, headers: &HeaderMap) -> Result<(), Rejection> {
+        if !self.loopback_bind {
+            return Ok(());
+        }
+        let Some(value) = headers.get(HOST) else {
+            return Ok(());
+        };
+        let host = value.to_str().unwrap_or("").trim();
+        let name = host
+            .parse::<Authority>()
+            .map(|a| {
+                a.host()
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .to_string()
+            })
+            .unwrap_or_default();
+        let listed = self.allowed_hosts.iter().any(|allowed| {
+            allowed.eq_ignore_ascii_case(host) || allowed.eq_ignore_ascii_case(&name)
+        });
+        if listed || is_loopback_name(&name) {
+            return Ok(());
+        }
+        Err(Rejection::new(
+            StatusCode::FORBIDDEN,
+            "this server listens on loopback and answers only to loopback names; start it with --allowed-host NAME to add one",
+        )
+        .with_detail(format!("host {}", sanitize(value.as_bytes())))
+        .with_reason("host"))
+    }
+
     /// Refuses a request with a foreign Origin (403).
     fn check_origin(&self, headers: &HeaderMap) -> Result<(), Rejection> {
         for value in headers.get_all(ORIGIN) {
@@ -225,7 +217,7 @@ impl Policy {
     }
 
     /// Refuses a request without the right token (401).
-    fn check_token(&self, request: &Request<()>) -> Result<(), Rejection> {
+    fn check_token<B>(&self, request: &Request<B>) -> Result<(), Rejection> {
         let Some(token) = &self.token else {
             return Ok(());
         };
@@ -276,6 +268,43 @@ impl Token {
 impl fmt::Debug for Token {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Token(<redacted>)")
+    }
+}
+
+/// Whether `name` (a host without port or brackets) is a loopback name:
+/// `localhost`, a name under `.localhost`, or a loopback address.
+fn is_loopback_name(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    lower == "localhost"
+        || lower.ends_with(".localhost")
+        || name.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Checks an `--allowed-origin` value at start: `*`, or a scheme
+/// (http or https) and a host with an optional port, and nothing else.
+/// The error names the value and says what is expected.
+pub fn validate_origin(origin: &str) -> Result<(), String> {
+    if origin == "*" {
+        return Ok(());
+    }
+    let bad = || {
+        format!(
+            "invalid --allowed-origin {origin:?}: expected * or scheme://host[:port], such as https://chat.example.com"
+        )
+    };
+    let uri = origin
+        .trim_end_matches('/')
+        .parse::<Uri>()
+        .map_err(|_| bad())?;
+    let scheme_ok = matches!(uri.scheme_str(), Some("http" | "https"));
+    let path_ok = uri
+        .path_and_query()
+        .is_none_or(|p| p.as_str().is_empty() || p.as_str() == "/");
+    match uri.authority() {
+        Some(a) if scheme_ok && path_ok && !a.host().is_empty() && !a.as_str().contains('@') => {
+            Ok(())
+        }
+        _ => Err(bad()),
     }
 }
 
@@ -350,7 +379,7 @@ fn sanitize(value: &[u8]) -> String {
 
 /// Removes the credentials from an accepted request: the `Authorization`
 /// header and any `token` query parameter.
-fn without_credentials(mut request: Request<()>) -> Request<()> {
+pub fn without_credentials<B>(mut request: Request<B>) -> Request<B> {
     request.headers_mut().remove(AUTHORIZATION);
     if let Some(query) = request.uri().query() {
         if query.split('&').any(|p| p.starts_with("token=")) {
@@ -374,100 +403,15 @@ fn without_credentials(mut request: Request<()>) -> Request<()> {
     request
 }
 
-/// Reads the request, decides, and answers it. On success the stream is
-/// positioned at the first WebSocket frame. On failure the HTTP error answer
-/// (if one is owed) has been written.
-///
-/// Not bounded in time by itself: the caller wraps it in a timeout.
-pub async fn accept<S>(stream: &mut S, policy: &Policy) -> Result<Accepted, HandshakeError>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let result: Result<Accepted, HandshakeError> = async {
-        let request = read_request(stream).await?;
-        let (encoding, response) = negotiate(&request, policy).map_err(HandshakeError::Rejected)?;
-        stream.write_all(&response).await?;
-        Ok(Accepted {
-            encoding,
-            request: without_credentials(request),
-        })
-    }
-    .await;
-    if let Err(err) = &result {
-        if let Some(answer) = err.response() {
-            // Best effort: the peer may already be gone.
-            let _ = stream.write_all(&answer).await;
-            let _ = stream.shutdown().await;
-        }
-    }
-    result
-}
-
-/// Reads one request head of at most [`MAX_REQUEST_BYTES`].
-pub async fn read_request<S>(stream: &mut S) -> Result<Request<()>, HandshakeError>
-where
-    S: AsyncRead + Unpin,
-{
-    let mut buf = BytesMut::with_capacity(1024);
-    loop {
-        let room = MAX_REQUEST_BYTES - buf.len();
-        if room == 0 {
-            return Err(HandshakeError::TooLarge);
-        }
-        let before = buf.len();
-        let n = stream.read_buf(&mut (&mut buf).limit(room)).await?;
-        if n == 0 {
-            return Err(HandshakeError::Closed);
-        }
-        // Parse only once the blank line that ends the head may have arrived,
-        // so a client dribbling bytes cannot make us re-parse 8 KiB per byte.
-        let tail = &buf[before.saturating_sub(3)..];
-        if !contains(tail, b"\r\n\r\n") && !contains(tail, b"\n\n") {
-            continue;
-        }
-        if let Some(request) = parse_request(&buf)? {
-            return Ok(request);
-        }
-    }
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
-}
-
-/// Parses a complete request head; `None` if more bytes are needed.
-fn parse_request(buf: &[u8]) -> Result<Option<Request<()>>, HandshakeError> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut parsed = httparse::Request::new(&mut headers);
-    let len = match parsed.parse(buf) {
-        Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(httparse::Error::TooManyHeaders) => return Err(HandshakeError::TooLarge),
-        Err(e) => return Err(HandshakeError::Malformed(e.to_string())),
-    };
-    if len != buf.len() {
-        return Err(HandshakeError::EarlyData);
-    }
-    let malformed = |e: http::Error| HandshakeError::Malformed(e.to_string());
-    let mut builder = Request::builder()
-        .method(parsed.method.unwrap_or("GET"))
-        .uri(parsed.path.unwrap_or("/"))
-        .version(match parsed.version {
-            Some(0) => http::Version::HTTP_10,
-            _ => http::Version::HTTP_11,
-        });
-    for header in parsed.headers.iter() {
-        builder = builder.header(header.name, header.value);
-    }
-    builder.body(()).map(Some).map_err(malformed)
-}
-
 /// Decides whether a request becomes a chat session and builds the answer.
 ///
 /// Returns the chosen encoding and the `101 Switching Protocols` response.
 /// The policy is checked before the upgrade headers, so a client without
 /// the token learns nothing more than "401".
-pub fn negotiate(request: &Request<()>, policy: &Policy) -> Result<(Encoding, Vec<u8>), Rejection> {
+pub fn negotiate<B>(
+    request: &Request<B>,
+    policy: &Policy,
+) -> Result<(Encoding, Response<()>), Rejection> {
     let headers = request.headers();
     if request.method() != Method::GET {
         return Err(
@@ -481,6 +425,7 @@ pub fn negotiate(request: &Request<()>, policy: &Policy) -> Result<(Encoding, Ve
             "WebSocket needs HTTP/1.1",
         ));
     }
+    policy.check_host(headers)?;
     policy.check_origin(headers)?;
     policy.check_token(request)?;
     if !has_token(headers, http::header::UPGRADE, "websocket") {
@@ -532,18 +477,23 @@ pub fn negotiate(request: &Request<()>, policy: &Policy) -> Result<(Encoding, Ve
         None
     };
 
-    let mut response = Vec::with_capacity(160);
-    response.extend_from_slice(
-        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ",
-    );
-    response.extend_from_slice(accept_key(key).as_bytes());
-    response.extend_from_slice(b"\r\n");
+    let mut response = Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(http::header::UPGRADE, "websocket")
+        .header(http::header::CONNECTION, "Upgrade")
+        .header(http::header::SEC_WEBSOCKET_ACCEPT, accept_key(key));
     if let Some(encoding) = encoding {
-        response.extend_from_slice(b"Sec-WebSocket-Protocol: ");
-        response.extend_from_slice(encoding.subprotocol().as_bytes());
-        response.extend_from_slice(b"\r\n");
+        response = response.header(
+            http::header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static(encoding.subprotocol()),
+        );
     }
-    response.extend_from_slice(b"\r\n");
+    let response = response.body(()).map_err(|_| {
+        Rejection::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "could not build the answer",
+        )
+    })?;
     Ok((encoding.unwrap_or(Encoding::Text), response))
 }
 
@@ -598,10 +548,12 @@ mod tests {
     fn plain_upgrade_gets_text_and_no_subprotocol() {
         let (enc, resp) = negotiate(&request(&[]), &Policy::default()).unwrap();
         assert_eq!(enc, Encoding::Text);
-        let resp = String::from_utf8(resp).unwrap();
-        assert!(resp.starts_with("HTTP/1.1 101"));
-        assert!(resp.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
-        assert!(!resp.contains("Sec-WebSocket-Protocol"));
+        assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
+        assert_eq!(
+            resp.headers()["sec-websocket-accept"],
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
+        assert!(resp.headers().get("sec-websocket-protocol").is_none());
     }
 
     #[test]
@@ -612,9 +564,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(enc, Encoding::Json);
-        assert!(String::from_utf8(resp)
-            .unwrap()
-            .contains("Sec-WebSocket-Protocol: chat.v1.json\r\n"));
+        assert_eq!(resp.headers()["sec-websocket-protocol"], "chat.v1.json");
     }
 
     #[test]
@@ -733,17 +683,65 @@ mod tests {
     }
 
     #[test]
-    fn parse_waits_for_the_blank_line_and_refuses_early_data() {
-        assert!(parse_request(b"GET / HTTP/1.1\r\nHost: x\r\n")
-            .unwrap()
-            .is_none());
-        let req = parse_request(b"GET /chat HTTP/1.1\r\nHost: x\r\n\r\n")
-            .unwrap()
-            .unwrap();
-        assert_eq!(req.uri().path(), "/chat");
-        assert!(matches!(
-            parse_request(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n\x81\x80"),
-            Err(HandshakeError::EarlyData)
-        ));
+    fn on_a_loopback_bind_only_loopback_or_listed_hosts_are_answered() {
+        let policy = Policy {
+            loopback_bind: true,
+            allowed_hosts: vec!["chat.example".into()],
+            ..Policy::default()
+        };
+        for ok in [
+            "127.0.0.1:2000",
+            "localhost:2000",
+            "LOCALHOST",
+            "app.localhost:2000",
+            "[::1]:2000",
+            "127.3.4.5",
+            "chat.example:2000",
+        ] {
+            let mut req = request(&[]);
+            req.headers_mut()
+                .insert(HOST, HeaderValue::from_str(ok).unwrap());
+            assert_eq!(status(&req, &policy), None, "{ok}");
+        }
+        for bad in [
+            "evil.example:2000",
+            "127.0.0.1.evil.example",
+            "10.0.0.1",
+            "",
+        ] {
+            let mut req = request(&[]);
+            req.headers_mut()
+                .insert(HOST, HeaderValue::from_str(bad).unwrap());
+            assert_eq!(status(&req, &policy), Some(StatusCode::FORBIDDEN), "{bad}");
+        }
+        // Not on loopback: any Host (the Origin rule still applies).
+        let mut req = request(&[]);
+        req.headers_mut()
+            .insert(HOST, HeaderValue::from_static("evil.example"));
+        assert_eq!(status(&req, &Policy::default()), None);
+    }
+
+    #[test]
+    fn allowed_origins_are_validated() {
+        for ok in [
+            "*",
+            "https://chat.example.com",
+            "http://127.0.0.1:2000",
+            "https://chat.example/",
+        ] {
+            assert_eq!(validate_origin(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "chat.example.com",
+            "ftp://x",
+            "https://",
+            "https://a/b",
+            "https://u@h",
+            "",
+            "http://x y",
+        ] {
+            let err = validate_origin(bad).unwrap_err();
+            assert!(err.contains(&format!("{bad:?}")), "{err}");
+        }
     }
 }

@@ -21,7 +21,7 @@ use tokio_rustls::rustls::{self, ServerConfig};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
-use crate::handshake::Rejection;
+use super::policy::Rejection;
 
 /// How long a client has to complete the TLS handshake (the HTTP upgrade
 /// that follows has its own timeout).

@@ -20,7 +20,7 @@ use http::StatusCode;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::warn;
 
-use crate::handshake::Rejection;
+use super::policy::Rejection;
 
 /// Default for `--max-connections`: connections open at once, handshakes
 /// included.
