@@ -26,12 +26,13 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use crate::fanout::feed::{Cursor, Feed};
 use crate::fanout::writer::RoomWriter;
+use crate::metrics::Metrics;
 
 pub use crate::fanout::mailbox::Mailbox;
 pub use crate::fanout::outbox::Encoded;
 use crate::protocol::{
-    now_millis, validate_nick, validate_text, ChatLine, Event, MemberInfo, RoomInfo, TextError,
-    DEFAULT_HISTORY_REPLAY, DEFAULT_ROOM,
+    now_millis, validate_nick, validate_text, ChatLine, Encoding, Event, MemberInfo, RoomInfo,
+    TextError, DEFAULT_HISTORY_REPLAY, DEFAULT_ROOM,
 };
 
 /// Default capacity of each room's feed: how far (in messages)
@@ -178,6 +179,9 @@ struct Inner {
     relay: OnceLock<Arc<dyn Relay>>,
     /// Set by [`Hub::shutdown`]; members joining after it are told at once.
     closing: AtomicBool,
+    /// This server's counters (one registry per hub, so servers in one
+    /// process never share them).
+    metrics: Arc<Metrics>,
     state: Mutex<State>,
 }
 
@@ -206,6 +210,8 @@ struct Member {
     room: String,
     /// Private messages for this member, and its session's wake-ups.
     mailbox: Arc<Mailbox>,
+    /// Whether its session speaks JSON (for counting delivered bytes).
+    json: bool,
 }
 
 /// The chat line a kept event carries (history holds only messages and
@@ -239,16 +245,23 @@ struct Room {
     /// The most recent lines, oldest first: the very events that were
     /// published, so history and live delivery cannot disagree.
     history: VecDeque<Shared>,
+    /// How many members speak JSON (the rest speak text), so a publish
+    /// counts its delivered bytes without visiting the members.
+    json_members: usize,
+    /// The server's counters, bumped once per publish.
+    metrics: Arc<Metrics>,
 }
 
 impl Room {
-    fn new(capacity: usize) -> Self {
+    fn new(capacity: usize, metrics: Arc<Metrics>) -> Self {
         Room {
             feed: Feed::new(capacity),
             members: BTreeMap::new(),
             writer: RoomWriter::new(),
             last_seq: 0,
             history: VecDeque::new(),
+            json_members: 0,
+            metrics,
         }
     }
 
@@ -257,20 +270,42 @@ impl Room {
     fn send(&self, event: Event) -> Shared {
         let shared = Arc::new(Encoded::new(event));
         if !self.members.is_empty() {
+            self.count_delivery(&shared);
             self.feed.publish(shared.clone());
             self.writer.schedule();
         }
         shared
     }
 
-    fn add(&mut self, id: MemberId, mailbox: Arc<Mailbox>) {
-        self.writer.add(mailbox.clone());
-        self.members.insert(id, mailbox);
+    /// Counts one publish as delivered to every member: one addition per
+    /// counter, not one per recipient. Each encoding in use is framed here
+    /// (once; the writer and sessions reuse the same bytes).
+    fn count_delivery(&self, shared: &Encoded) {
+        let json = self.json_members as u64;
+        let text = self.members.len() as u64 - json;
+        let mut bytes = 0;
+        if text > 0 {
+            bytes += text * shared.frame(Encoding::Text).len() as u64;
+        }
+        if json > 0 {
+            bytes += json * shared.frame(Encoding::Json).len() as u64;
+        }
+        self.metrics.delivered(text + json, bytes);
     }
 
-    fn remove(&mut self, id: MemberId) {
+    fn add(&mut self, id: MemberId, mailbox: Arc<Mailbox>, json: bool) {
+        self.writer.add(mailbox.clone());
+        if self.members.insert(id, mailbox).is_none() && json {
+            self.json_members += 1;
+        }
+    }
+
+    fn remove(&mut self, id: MemberId, json: bool) {
         if let Some(mailbox) = self.members.remove(&id) {
             self.writer.remove(&mailbox);
+            if json {
+                self.json_members -= 1;
+            }
         }
     }
 
@@ -368,16 +403,19 @@ pub struct Resumed {
 impl Hub {
     /// A hub with the room [`DEFAULT_ROOM`] and nobody in it.
     pub fn new(config: HubConfig) -> Self {
+        let metrics = Arc::new(Metrics::new());
         let mut state = State::default();
-        state
-            .rooms
-            .insert(DEFAULT_ROOM.to_string(), Room::new(config.channel_capacity));
+        state.rooms.insert(
+            DEFAULT_ROOM.to_string(),
+            Room::new(config.channel_capacity, metrics.clone()),
+        );
         Hub {
             inner: Arc::new(Inner {
                 config,
                 epoch: AtomicU64::new(new_epoch()),
                 relay: OnceLock::new(),
                 closing: AtomicBool::new(false),
+                metrics,
                 state: Mutex::new(state),
             }),
         }
@@ -390,6 +428,11 @@ impl Hub {
             .state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// This server's counters.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
     }
 
     /// This server run's epoch (see [`Event::Welcome`]).
@@ -481,6 +524,11 @@ impl Hub {
     /// critical section, so history and live lines neither overlap nor leave
     /// a gap.
     pub fn connect(&self, addr: SocketAddr) -> Connected {
+        self.connect_as(addr, Encoding::Text)
+    }
+
+    /// [`Hub::connect`] for a session that speaks `encoding`.
+    pub fn connect_as(&self, addr: SocketAddr, encoding: Encoding) -> Connected {
         let mut state = self.state();
         state.next_id += 1;
         let id = MemberId(state.next_id);
@@ -495,6 +543,7 @@ impl Hub {
                 nick: None,
                 room: DEFAULT_ROOM.to_string(),
                 mailbox: mailbox.clone(),
+                json: encoding == Encoding::Json,
             },
         );
         let joined = self.enter(&mut state, id, DEFAULT_ROOM);
@@ -517,15 +566,16 @@ impl Hub {
     /// snapshots the history, and announces the arrival.
     fn enter(&self, state: &mut State, id: MemberId, room_name: &str) -> Joined {
         let capacity = self.inner.config.channel_capacity;
-        let (addr, nick, mailbox) = match state.members.get_mut(&id) {
+        let (addr, nick, mailbox, json) = match state.members.get_mut(&id) {
             Some(m) => {
                 m.room = room_name.to_string();
-                (m.addr, m.nick.clone(), m.mailbox.clone())
+                (m.addr, m.nick.clone(), m.mailbox.clone(), m.json)
             }
             None => (
                 SocketAddr::from(([0, 0, 0, 0], 0)),
                 None,
                 Arc::new(Mailbox::default()),
+                false,
             ),
         };
         if !state.rooms.contains_key(room_name) {
@@ -536,8 +586,8 @@ impl Hub {
         let room = state
             .rooms
             .entry(room_name.to_string())
-            .or_insert_with(|| Room::new(capacity));
-        room.add(id, mailbox);
+            .or_insert_with(|| Room::new(capacity, self.inner.metrics.clone()));
+        room.add(id, mailbox, json);
         let cursor = room.feed.subscribe();
         let history = History {
             room: room_name.to_string(),
@@ -570,6 +620,7 @@ impl Hub {
             return;
         };
         let (addr, nick, room_name) = (member.addr, member.nick.clone(), member.room.clone());
+        let json = member.json;
         let Some(room) = state.rooms.get_mut(&room_name) else {
             return;
         };
@@ -582,7 +633,7 @@ impl Hub {
                 reason: reason.map(String::from),
             });
         }
-        room.remove(id);
+        room.remove(id, json);
         if room.members.is_empty() {
             // Nobody listens (the feed lets its events go with the last
             // reader). A room that never had a line is forgotten; one with
@@ -691,12 +742,14 @@ impl Hub {
                 Event::Message(line)
             };
             return if relay.publish(event, member.mailbox.clone()) {
+                self.inner.metrics.received();
                 Ok(())
             } else {
                 Err(HubError::Unavailable)
             };
         }
         room.last_seq += 1;
+        self.inner.metrics.received();
         let line = ChatLine {
             room: member.room.clone(),
             seq: room.last_seq,

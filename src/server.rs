@@ -25,7 +25,6 @@ use crate::http::readiness::SHUTTING_DOWN;
 use crate::http::tls::TLS_HANDSHAKE_TIMEOUT;
 use crate::http::{self as door, Door, Readiness, Serves, HANDSHAKE_TIMEOUT};
 use crate::hub::{Hub, HubConfig};
-use crate::metrics::Metrics;
 use crate::session::{self, SessionConfig};
 
 /// Largest chat message a client may send by default, in bytes (a single
@@ -140,7 +139,7 @@ pub async fn run_with(
         config: Arc::new(config),
         stop: CancellationToken::new(),
         tasks: TaskTracker::new(),
-        metrics: Arc::new(Metrics::new()),
+        metrics: hub.metrics().clone(),
         readiness: readiness.clone(),
         serves: if ops_listener.is_some() {
             Serves::Chat

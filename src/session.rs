@@ -157,7 +157,7 @@ pub fn run<S>(
 where
     S: Transport,
 {
-    let connected = hub.connect(addr);
+    let connected = hub.connect_as(addr, encoding);
     let socket = ws.get_ref().shared().cloned();
     connected
         .mailbox
@@ -186,6 +186,7 @@ where
         .map(|interval| Keepalive::new(interval, config.ping_timeout, now));
     async move {
         let end = session.serve(keepalive).await;
+        session.hub.metrics().disconnected(end.label());
         session
             .hub
             .disconnect(session.id, end.leave_reason().as_deref());
@@ -216,6 +217,22 @@ enum End {
 }
 
 impl End {
+    /// The `reason` label of `chat_disconnects_total`: a small fixed set.
+    fn label(&self) -> &'static str {
+        match self {
+            End::Shutdown => "shutdown",
+            End::ClosedByClient(_) => "closed",
+            End::Quit(_) => "quit",
+            End::Gone => "lost",
+            End::Failed(tokio_websockets::Error::PayloadTooLong { .. }) => "too_big",
+            End::Failed(tokio_websockets::Error::Protocol(_)) => "protocol_error",
+            End::Failed(_) => "lost",
+            End::TimedOut { writing: true } => "slow_reader",
+            End::TimedOut { writing: false } => "ping_timeout",
+            End::Flooded => "flooding",
+        }
+    }
+
     /// What the others in the room are told about this departure.
     fn leave_reason(&self) -> Option<String> {
         match self {

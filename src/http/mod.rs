@@ -9,7 +9,8 @@
 //!   values; the upgrade, and handing the raw socket back to the session.
 //! - [`policy`]: the pure decisions over `http::Request`: Host, Origin,
 //!   token, subprotocol.
-//! - [`routes`]: `/healthz`, `/readyz`, `/metrics`, 404 and 405.
+//! - [`routes`]: the page, `/healthz`, `/readyz`, `/metrics`, 404 and 405.
+//! - [`page`]: the browser page's embedded files and their headers.
 //! - [`readiness`]: the handle `/readyz` answers from.
 //!
 //! Why hyper sits in front of tokio-websockets: the HTTP/1.1 request that
@@ -20,6 +21,7 @@
 //! holding only the socket.
 
 pub mod admission;
+mod page;
 pub mod policy;
 pub mod readiness;
 mod routes;

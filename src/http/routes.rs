@@ -1,18 +1,22 @@
-//! The plain HTTP endpoints: `/healthz`, `/readyz` and `/metrics`, with
-//! `HEAD` for each, 405 with `Allow` for other methods, 404 elsewhere.
-//! `/` is not routed here: without an upgrade it is answered by
-//! `policy::negotiate` (426, telling people to use a WebSocket client).
+//! The plain HTTP endpoints: the page's files ([`page`]) on the chat
+//! port, `/healthz`, `/readyz` and `/metrics` where operators' endpoints
+//! are served, with `HEAD` for each, 405 with `Allow` for other methods,
+//! 404 elsewhere. `/ws` is not routed here: without an upgrade it is
+//! answered by `policy::negotiate` (426, telling people to use a WebSocket
+//! client).
 
 use http::header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 
-use super::{Body, Door, Serves};
+use super::{page, Body, Door, Serves};
 
-/// The answer for a routed path, or `None` for `/` and paths this
-/// listener leaves to the upgrade.
+/// The answer for a routed path, or `None` for `/ws`, which this listener
+/// leaves to the upgrade.
 pub fn route<B>(req: &Request<B>, door: &Door) -> Option<Response<Body>> {
     let ops = door.serves != Serves::Chat;
+    let chat = door.serves != Serves::Ops;
     let answer = match req.uri().path() {
+        path if chat && page::serves(path) => page::asset(path)?,
         "/healthz" if ops => plain(StatusCode::OK, "ok\n".into()),
         "/readyz" if ops => match door.readiness.check() {
             Ok(()) => plain(StatusCode::OK, "ready\n".into()),
@@ -31,7 +35,7 @@ pub fn route<B>(req: &Request<B>, door: &Door) -> Option<Response<Body>> {
             );
             response
         }
-        "/" if door.serves != Serves::Ops => return None,
+        "/ws" if chat => return None,
         _ => return Some(not_found()),
     };
     Some(match *req.method() {

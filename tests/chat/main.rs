@@ -13,3 +13,4 @@ mod nodes;
 mod redis;
 mod redis_server;
 mod tls;
+mod web;

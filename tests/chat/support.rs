@@ -30,6 +30,8 @@ pub fn unlimited_rate() -> Config {
 /// A server running in this process.
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// The `--metrics-addr` listener, when started with one.
+    pub ops_addr: Option<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     handle: JoinHandle<anyhow::Result<()>>,
 }
@@ -41,15 +43,36 @@ impl TestServer {
 
     pub async fn start_with(config: Config) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_on(listener, None, config)
+    }
+
+    /// A server with the operators' endpoints on a listener of their own.
+    pub async fn start_with_ops(config: Config) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let ops = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_on(listener, Some(ops), config)
+    }
+
+    /// A server on an already bound listener (a restart on the same port).
+    pub fn start_on(listener: TcpListener, ops: Option<TcpListener>, config: Config) -> Self {
         let addr = listener.local_addr().unwrap();
+        let ops_addr = ops.as_ref().map(|l| l.local_addr().unwrap());
         let (stop, stopped) = oneshot::channel::<()>();
-        let handle = tokio::spawn(server::run(listener, config, async {
+        let handle = tokio::spawn(server::run_with(listener, ops, config, async {
             let _ = stopped.await;
         }));
         TestServer {
             addr,
+            ops_addr,
             stop: Some(stop),
             handle,
+        }
+    }
+
+    /// Begins shutdown without waiting for it (see [`TestServer::shutdown`]).
+    pub fn begin_shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
         }
     }
 
@@ -60,9 +83,7 @@ impl TestServer {
     /// Begins shutdown and waits (bounded) for `run` to return.
     pub async fn shutdown(mut self) -> Duration {
         let started = std::time::Instant::now();
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
+        self.begin_shutdown();
         tokio::time::timeout(WAIT, &mut self.handle)
             .await
             .expect("server did not stop in time")
