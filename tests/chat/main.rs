@@ -4,6 +4,7 @@
 
 mod support;
 
+mod browser;
 mod client;
 mod core;
 mod door;
