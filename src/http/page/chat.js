@@ -355,7 +355,11 @@
     setState(epoch === null ? "connecting" : "reconnecting", epoch === null ? "connecting…" : "reconnecting…");
     let socket;
     try {
-      socket = new WebSocket(`${scheme}//${location.host}/ws`, SUBPROTOCOL);
+      // A server started with --token: open the page as /?token=SECRET
+      // (a browser cannot set the Authorization header on a WebSocket).
+      const token = new URLSearchParams(location.search).get("token");
+      const query = token ? `?token=${encodeURIComponent(token)}` : "";
+      socket = new WebSocket(`${scheme}//${location.host}/ws${query}`, SUBPROTOCOL);
     } catch (e) {
       notice(`cannot open a connection to ${location.host}: ${e.message}`, "error");
       return retry();
