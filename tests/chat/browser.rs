@@ -399,3 +399,48 @@ async fn a_phone_sized_window_has_no_horizontal_scroll_and_a_free_message_box() 
     .await;
     server.shutdown().await;
 }
+
+/// Retakes `images/page.png` for the README: a real session of two pages
+/// and the terminal client, as ann's page shows it.
+/// `cargo test --test chat screenshot -- --ignored`
+#[tokio::test]
+#[ignore = "writes images/page.png; run by hand to retake the README's screenshot"]
+async fn screenshot_for_the_readme() {
+    let Some(driver) = Driver::start().await else {
+        return;
+    };
+    let server = TestServer::start_with(crate::support::unlimited_rate()).await;
+    let mut kim = Client::connect(&server).await;
+    kim.send("/nick kim").await;
+    kim.send("/join #rust").await;
+    kim.send("anyone tried the new borrow checker?").await;
+    let ann = driver.session(1100, 640).await;
+    let ben = driver.session(1000, 700).await;
+    closing(vec![ann.clone(), ben.clone()], async {
+        open(&ben, server.addr).await;
+        set_nick(&ben, "ben").await;
+        say(&ben, "morning all").await;
+        open(&ann, server.addr).await;
+        set_nick(&ann, "ann").await;
+        let mut tom = Terminal::start(server.addr, "tom");
+        until_logged(&ann, "is now known as tom").await;
+        say(&ann, "hi ben, hi tom!").await;
+        until_logged(&ben, "hi ben, hi tom!").await;
+        say(&ben, "hello ann").await;
+        tom.send("typing from the terminal client").await;
+        until_logged(&ann, "typing from the terminal client").await;
+        say(&ben, "/me waves").await;
+        tom.send("ann: lunch at noon?").await;
+        until_logged(&ann, "lunch at noon?").await;
+        say(&ann, "/msg tom yes, see you there").await;
+        until_logged(&ann, "see you there").await;
+        tom.send("<b>markup stays text</b>").await;
+        until_logged(&ann, "markup stays text").await;
+        let png = ann.screenshot().await.unwrap();
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/images/page.png");
+        std::fs::write(path, png).unwrap();
+        eprintln!("wrote {path}");
+    })
+    .await;
+    server.shutdown().await;
+}
