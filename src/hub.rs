@@ -431,7 +431,7 @@ impl Hub {
     }
 
     /// This server's counters.
-    pub fn metrics(&self) -> &Arc<Metrics> {
+    pub(crate) fn metrics(&self) -> &Arc<Metrics> {
         &self.inner.metrics
     }
 

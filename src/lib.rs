@@ -9,7 +9,8 @@
 //!   and the upgrade, the request policy (`http::policy`: Host, Origin,
 //!   token, subprotocol), and the operators' routes (`/healthz`, `/readyz`,
 //!   `/metrics`).
-//! - [`metrics`]: the per-server Prometheus registry.
+//! - `metrics`: the per-server Prometheus registry (internal; read it at
+//!   `/metrics`).
 //! - [`hub`]: members, rooms, their feeds and history. Synchronous; never
 //!   touches a socket.
 //! - [`fanout`]: the hand-off from a published room event to every
@@ -28,7 +29,7 @@ pub mod client;
 pub mod fanout;
 pub mod http;
 pub mod hub;
-pub mod metrics;
+mod metrics;
 pub mod protocol;
 pub mod server;
 pub mod session;

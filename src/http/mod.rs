@@ -88,7 +88,7 @@ pub struct Door {
     /// Where sessions are spawned, so shutdown can wait for them.
     pub tasks: TaskTracker,
     /// This server's counters.
-    pub metrics: Arc<Metrics>,
+    pub(crate) metrics: Arc<Metrics>,
     /// What `/readyz` answers.
     pub readiness: Readiness,
     /// Which endpoints this listener serves.
