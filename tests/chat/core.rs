@@ -401,7 +401,9 @@ async fn an_oversized_handshake_is_refused_within_the_cap() {
 async fn a_plain_http_request_is_told_to_use_websocket() {
     let server = TestServer::start().await;
     let mut raw = TcpStream::connect(server.addr).await.unwrap();
-    raw.write_all(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    // `/` is the browser page now; `/ws` without an upgrade is the refusal
+    // that tells people what this port is.
+    raw.write_all(b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         .await
         .unwrap();
     let mut answer = Vec::new();

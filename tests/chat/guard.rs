@@ -15,7 +15,7 @@ use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_websockets::{ClientBuilder, Message};
 
-use crate::support::{Captured, Client, TestServer, WAIT};
+use crate::support::{run_alone, Captured, Client, TestServer, WAIT};
 
 /// Opcodes.
 const CONT: u8 = 0x0;
@@ -393,8 +393,14 @@ async fn a_healthy_idle_client_survives_many_ping_intervals() {
     server.shutdown().await;
 }
 
+#[test]
+fn a_peer_that_stops_reading_is_closed_while_the_server_writes_to_it() {
+    run_alone("guard::stalled_reader_alone");
+}
+
 #[tokio::test]
-async fn a_peer_that_stops_reading_is_closed_while_the_server_writes_to_it() {
+#[ignore = "run alone, in its own process, by a_peer_that_stops_reading_is_closed_while_the_server_writes_to_it"]
+async fn stalled_reader_alone() {
     // The server's log on this test's thread (a #[tokio::test] runtime runs
     // the server's tasks on it too), to tell how the peer was closed.
     let logs = Captured::default();

@@ -116,6 +116,10 @@ async fn resume_on_another_node_gets_exactly_the_missed_lines() {
     let (mut a, welcome) = connect_json(&a_node).await;
     let epoch = welcome["epoch"].as_u64().unwrap();
     let (mut b, _) = connect_json(&a_node).await;
+    // Someone on the other node, so that the test knows when that node has
+    // had every line from Redis: a client connecting before then would see
+    // the missed lines arrive live, and again in the replay.
+    let (mut watcher, _) = connect_json(&b_node).await;
     a.send("seen").await;
     let last = lines(&mut b, 1).await[0].0;
     drop(b);
@@ -123,6 +127,7 @@ async fn resume_on_another_node_gets_exactly_the_missed_lines() {
         a.send(&format!("missed {i}")).await;
     }
     lines(&mut a, 4).await;
+    lines(&mut watcher, 4).await;
     // Back on the other node, and on a node started after the lines were
     // sent (it reads them from Redis).
     let c_node = node(&redis).await;

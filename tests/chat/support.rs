@@ -246,6 +246,21 @@ where
     ws
 }
 
+/// Runs one `#[ignore]`d test of this binary in a process of its own and
+/// fails if it fails. For tests that read what the server logs: tracing
+/// caches per call site whether anyone listens, and a call site first hit
+/// on another test's thread (with no subscriber there) can stay silent for
+/// a thread-local subscriber set up at the same moment.
+pub fn run_alone(test: &str) {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let status = std::process::Command::new(exe)
+        .args(["--exact", test, "--ignored", "--nocapture"])
+        .args(["--test-threads", "1"])
+        .status()
+        .expect("could not run the test binary again");
+    assert!(status.success(), "{test}, run alone, failed: {status}");
+}
+
 /// A log sink shared with a test (pass it to a tracing subscriber's
 /// `with_writer`, read it back with `text`).
 #[derive(Clone, Default)]
