@@ -711,13 +711,7 @@ async fn churn(cycles: usize) {
 /// [`churn_alone`].
 #[test]
 fn churn_of_10000_connections_with_resets_leaks_nothing() {
-    let exe = std::env::current_exe().unwrap();
-    let status = std::process::Command::new(exe)
-        .args(["--exact", "guard::churn_alone", "--ignored", "--nocapture"])
-        .args(["--test-threads", "1"])
-        .status()
-        .unwrap();
-    assert!(status.success(), "the churn run failed: {status}");
+    run_alone("guard::churn_alone");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -247,10 +247,12 @@ where
 }
 
 /// Runs one `#[ignore]`d test of this binary in a process of its own and
-/// fails if it fails. For tests that read what the server logs: tracing
-/// caches per call site whether anyone listens, and a call site first hit
-/// on another test's thread (with no subscriber there) can stay silent for
-/// a thread-local subscriber set up at the same moment.
+/// fails if it fails. For tests that measure the whole process
+/// (descriptors, memory), where other tests come and go, and for tests
+/// that read what the server logs: tracing caches per call site whether
+/// anyone listens, and a call site first hit on another test's thread (with
+/// no subscriber there) can stay silent for a thread-local subscriber set
+/// up at the same moment.
 pub fn run_alone(test: &str) {
     let exe = std::env::current_exe().expect("the test binary's path");
     let status = std::process::Command::new(exe)
