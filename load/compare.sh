@@ -10,6 +10,8 @@
 #
 # Environment:
 #   OURS_BIN   our server binary            (default: <repo>/target/release/server)
+#   BASE_BIN   another build of ours, run as server "base" (before and
+#              after a change, side by side: -s ours,base)
 #   OURS_ARGS  arguments for ours (default: lift its connection caps and
 #              rate limit, as a load test needs)
 #   PEERS_DIR  the peers folder             (default: <repo>/../shared/peers)
@@ -39,7 +41,7 @@ while [[ $# -gt 0 ]]; do
         -s|--servers) servers=$2; shift 2 ;;
         -q|--quick) quick=1; shift ;;
         -r|--repeat) repeat=$2; shift 2 ;;
-        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
         *) echo "compare.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
     esac
 done
@@ -103,13 +105,14 @@ describe() {
 install() {
     case $1 in
         ours) [[ -x $OURS_BIN ]] || (cd "$ROOT" && cargo build --release -q --bin server) ;;
+        base) [[ -x ${BASE_BIN:-} ]] || { echo "server base needs BASE_BIN (a server binary)" >&2; return 1; } ;;
         bun) [[ -x $NODE_PREFIX/node_modules/.bin/bun ]] || npm install -s --prefix "$NODE_PREFIX" bun ;;
         node) [[ -d $NODE_PREFIX/node_modules/ws ]] || npm install -s --prefix "$NODE_PREFIX" ws@8 ;;
         python) [[ -x $PY_VENV/bin/python ]] && "$PY_VENV/bin/python" -c 'import websockets' 2>/dev/null ||
             { python3 -m venv "$PY_VENV" && "$PY_VENV/bin/pip" install -q websockets; } ;;
         seed) [[ -x $SEED_TARGET/release/seed-baseline ]] ||
             CARGO_TARGET_DIR=$SEED_TARGET cargo build --release -q --manifest-path "$PEERS_DIR/seed-baseline/Cargo.toml" ;;
-        *) echo "unknown server $1 (ours, bun, node, python, seed)" >&2; return 1 ;;
+        *) echo "unknown server $1 (ours, base, bun, node, python, seed)" >&2; return 1 ;;
     esac
 }
 
@@ -119,13 +122,14 @@ start() {
     local cmd
     case $1 in
         ours) cmd=("$OURS_BIN" --addr "127.0.0.1:$PORT") ;;
+        base) cmd=("$BASE_BIN" --addr "127.0.0.1:$PORT") ;;
         bun) cmd=("$NODE_PREFIX/node_modules/.bin/bun" "$PEERS_DIR/bun-broadcast.js" "$PORT") ;;
         node) cmd=(env NODE_PATH=$NODE_PREFIX/node_modules node "$PEERS_DIR/node-ws-broadcast.js" "$PORT") ;;
         python) cmd=("$PY_VENV/bin/python" "$PEERS_DIR/py-websockets-broadcast.py" "$PORT") ;;
         seed) cmd=("$SEED_TARGET/release/seed-baseline" "$PORT") ;;
     esac
     # shellcheck disable=SC2086  # OURS_ARGS is a list of words on purpose
-    if [[ $1 == ours ]]; then
+    if [[ $1 == ours || $1 == base ]]; then
         taskset -c "$SERVER_CPU" "${cmd[@]}" $OURS_ARGS >"$OUT_DIR/$1.log" 2>&1 &
     else
         taskset -c "$SERVER_CPU" "${cmd[@]}" >"$OUT_DIR/$1.log" 2>&1 &

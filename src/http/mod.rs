@@ -12,6 +12,8 @@
 //! - [`routes`]: the page, `/healthz`, `/readyz`, `/metrics`, 404 and 405.
 //! - [`page`]: the browser page's embedded files and their headers.
 //! - [`readiness`]: the handle `/readyz` answers from.
+//! - [`scrub`]: keeps a session's idle read buffer out of the pages the
+//!   handshake wrote.
 //!
 //! Why hyper sits in front of tokio-websockets: the HTTP/1.1 request that
 //! opens a connection is parsed and answered by hyper (limits, keep-alive,
@@ -25,6 +27,7 @@ mod page;
 pub mod policy;
 pub mod readiness;
 mod routes;
+mod scrub;
 pub mod tls;
 
 use std::convert::Infallible;
@@ -227,13 +230,17 @@ async fn serve_http<S: Socket>(stream: S, addr: SocketAddr, ticket: Ticket, door
         }
     };
     match upgraded.downcast::<TokioIo<S>>() {
-        Ok(parts) if parts.read_buf.is_empty() => start_session(
-            parts.io.into_inner().direct(),
-            addr,
-            encoding,
-            ticket,
-            &door,
-        ),
+        Ok(parts) if parts.read_buf.is_empty() => {
+            // Freed now, so that `start_session` steps around it.
+            drop(parts.read_buf);
+            start_session(
+                parts.io.into_inner().direct(),
+                addr,
+                encoding,
+                ticket,
+                &door,
+            );
+        }
         // The client sent frames before it had our 101, and hyper read
         // them: they go first, and only the session writes.
         Ok(parts) => start_session(
@@ -259,6 +266,9 @@ where
     info!(encoding = ?encoding, "connected");
     // `None` is no limit.
     let limits = Limits::default().max_payload_len(door.config.session.max_message_bytes);
+    // The WebSocket's 8 KiB read buffer would otherwise reuse a block the
+    // handshake wrote to (see `scrub`).
+    scrub::last_freed_block();
     let ws = ServerBuilder::new().limits(limits).serve(stream);
     // Shutdown reaches the session through the hub (`Hub::shutdown`).
     let session = session::run(ws, addr, encoding, door.hub.clone(), &door.config.session);
