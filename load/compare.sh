@@ -14,6 +14,8 @@
 #              after a change, side by side: -s ours,base)
 #   OURS_ARGS  arguments for ours (default: lift its connection caps and
 #              rate limit, as a load test needs)
+#   OURS_DB    ours keeps history in this SQLite file, emptied before each
+#              start (default: <OUT_DIR>/ours-chat.db; :memory: for none)
 #   PEERS_DIR  the peers folder             (default: <repo>/../shared/peers)
 #   OUT_DIR    where the JSON reports go    (default: a new /tmp/chat-compare.XXXX)
 #   SERVER_CPU / LOAD_CPU  cores to pin to  (default: 0 and 1)
@@ -41,7 +43,7 @@ while [[ $# -gt 0 ]]; do
         -s|--servers) servers=$2; shift 2 ;;
         -q|--quick) quick=1; shift ;;
         -r|--repeat) repeat=$2; shift 2 ;;
-        -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
         *) echo "compare.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
     esac
 done
@@ -49,6 +51,7 @@ IFS=, read -r -a WORKLOADS <<<"$workloads"
 IFS=, read -r -a SERVERS <<<"$servers"
 OUT_DIR=${OUT_DIR:-$(mktemp -d /tmp/chat-compare.XXXX)}
 mkdir -p "$OUT_DIR"
+OURS_DB=${OURS_DB:-$OUT_DIR/ours-chat.db}
 
 # Servers need one descriptor per connection (W4 holds 10,000).
 ulimit -n "$(ulimit -Hn)"
@@ -121,7 +124,8 @@ install() {
 start() {
     local cmd
     case $1 in
-        ours) cmd=("$OURS_BIN" --addr "127.0.0.1:$PORT") ;;
+        # History on disk, as the server runs by default, in a fresh file.
+        ours) rm -f "$OURS_DB" "$OURS_DB"-*; cmd=("$OURS_BIN" --addr "127.0.0.1:$PORT" --db "$OURS_DB") ;;
         base) cmd=("$BASE_BIN" --addr "127.0.0.1:$PORT") ;;
         bun) cmd=("$NODE_PREFIX/node_modules/.bin/bun" "$PEERS_DIR/bun-broadcast.js" "$PORT") ;;
         node) cmd=(env NODE_PATH=$NODE_PREFIX/node_modules node "$PEERS_DIR/node-ws-broadcast.js" "$PORT") ;;

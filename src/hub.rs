@@ -27,6 +27,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use crate::fanout::feed::{Cursor, Feed};
 use crate::fanout::writer::RoomWriter;
 use crate::metrics::Metrics;
+use crate::store::{Memory, Opened, Store};
 
 pub use crate::fanout::mailbox::Mailbox;
 pub use crate::fanout::outbox::Encoded;
@@ -182,6 +183,8 @@ struct Inner {
     /// This server's counters (one registry per hub, so servers in one
     /// process never share them).
     metrics: Arc<Metrics>,
+    /// Where rooms' lines are kept beyond the ring in memory.
+    store: Arc<dyn Store>,
     state: Mutex<State>,
 }
 
@@ -242,6 +245,8 @@ struct Room {
     writer: Arc<RoomWriter>,
     /// Sequence number of the last line published here (0: none yet).
     last_seq: u64,
+    /// Changes only when the room's history was lost (see `/resume`).
+    epoch: u64,
     /// The most recent lines, oldest first: the very events that were
     /// published, so history and live delivery cannot disagree.
     history: VecDeque<Shared>,
@@ -253,13 +258,20 @@ struct Room {
 }
 
 impl Room {
-    fn new(capacity: usize, metrics: Arc<Metrics>) -> Self {
+    /// A room as the store has it: its epoch, numbering and recent lines.
+    fn new(capacity: usize, metrics: Arc<Metrics>, opened: Opened) -> Self {
+        let history = opened
+            .lines
+            .into_iter()
+            .map(|e| Arc::new(Encoded::new(e)))
+            .collect();
         Room {
             feed: Feed::new(capacity),
             members: BTreeMap::new(),
             writer: RoomWriter::new(),
-            last_seq: 0,
-            history: VecDeque::new(),
+            last_seq: opened.last_seq,
+            epoch: opened.epoch,
+            history,
             json_members: 0,
             metrics,
         }
@@ -342,6 +354,8 @@ pub struct Joined {
     pub cursor: Cursor,
     /// The room's recent history (replay it before anything from `cursor`).
     pub history: History,
+    /// What the joiner is told of the room: its epoch and last `seq`.
+    pub entered: Event,
 }
 
 /// Lines replayed from a room's history, oldest first.
@@ -401,23 +415,49 @@ pub struct Resumed {
 }
 
 impl Hub {
-    /// A hub with the room [`DEFAULT_ROOM`] and nobody in it.
+    /// A hub with the room [`DEFAULT_ROOM`] and nobody in it, keeping
+    /// history in memory only.
     pub fn new(config: HubConfig) -> Self {
+        Self::with_store(config, Arc::new(Memory::default()))
+    }
+
+    /// A hub whose rooms' lines are kept in `store`; the default room
+    /// starts with what the store has of it.
+    pub fn with_store(config: HubConfig, store: Arc<dyn Store>) -> Self {
         let metrics = Arc::new(Metrics::new());
         let mut state = State::default();
+        let lobby = store.open(DEFAULT_ROOM, config.history_depth);
+        let epoch = lobby.epoch;
         state.rooms.insert(
             DEFAULT_ROOM.to_string(),
-            Room::new(config.channel_capacity, metrics.clone()),
+            Room::new(config.channel_capacity, metrics.clone(), lobby),
         );
         Hub {
             inner: Arc::new(Inner {
                 config,
-                epoch: AtomicU64::new(new_epoch()),
+                epoch: AtomicU64::new(epoch),
                 relay: OnceLock::new(),
                 closing: AtomicBool::new(false),
                 metrics,
+                store,
                 state: Mutex::new(state),
             }),
+        }
+    }
+
+    /// Writes what the store has queued and records a clean stop (after
+    /// the sessions have ended).
+    pub fn close_store(&self) {
+        self.inner.store.close();
+    }
+
+    /// The epoch a resume in `room` is checked against: the room's own, or
+    /// with a relay the shared store's.
+    fn room_epoch(&self, room: &Room) -> u64 {
+        if self.relay().is_some() {
+            self.epoch()
+        } else {
+            room.epoch
         }
     }
 
@@ -435,7 +475,7 @@ impl Hub {
         &self.inner.metrics
     }
 
-    /// This server run's epoch (see [`Event::Welcome`]).
+    /// The default room's epoch (see [`Event::Welcome`]).
     pub fn epoch(&self) -> u64 {
         self.inner.epoch.load(Ordering::Acquire)
     }
@@ -583,15 +623,23 @@ impl Hub {
                 relay.opened(room_name);
             }
         }
-        let room = state
-            .rooms
-            .entry(room_name.to_string())
-            .or_insert_with(|| Room::new(capacity, self.inner.metrics.clone()));
+        let depth = self.inner.config.history_depth;
+        let room = state.rooms.entry(room_name.to_string()).or_insert_with(|| {
+            // A read, under the lock, but only when a room is first entered
+            // in this run.
+            let opened = self.inner.store.open(room_name, depth);
+            Room::new(capacity, self.inner.metrics.clone(), opened)
+        });
         room.add(id, mailbox, json);
         let cursor = room.feed.subscribe();
         let history = History {
             room: room_name.to_string(),
             lines: room.recent(DEFAULT_HISTORY_REPLAY),
+        };
+        let entered = Event::Entered {
+            room: room_name.to_string(),
+            epoch: self.room_epoch(room),
+            last_seq: room.last_seq,
         };
         if self.announces_presence(room) {
             room.send(Event::Joined {
@@ -604,6 +652,7 @@ impl Hub {
             room: room_name.to_string(),
             cursor,
             history,
+            entered,
         }
     }
 
@@ -764,6 +813,10 @@ impl Hub {
         } else {
             Event::Message(line)
         });
+        // After delivery has begun: the store only queues it.
+        if let Some(line) = chat_line(&shared) {
+            self.inner.store.keep(room.epoch, line, action);
+        }
         room.keep(shared, depth);
         Ok(())
     }
@@ -853,12 +906,49 @@ impl Hub {
         History { room, lines }
     }
 
-    /// What `id` missed in its room after line `seq` of server run `epoch`.
+    /// Up to `n` lines of `id`'s room before line `before`, oldest first:
+    /// from memory while the ring reaches back that far, else from the
+    /// store.
+    pub fn history_before(&self, id: MemberId, n: usize, before: u64) -> History {
+        let state = self.state();
+        let room_name = state.room_of(id);
+        let Some(room) = state.rooms.get(&room_name) else {
+            return History {
+                room: room_name,
+                lines: Vec::new(),
+            };
+        };
+        let oldest = room.history.front().and_then(chat_line).map(|l| l.seq);
+        let in_ring: Vec<Shared> = room
+            .history
+            .iter()
+            .filter(|k| chat_line(k).is_some_and(|l| l.seq < before))
+            .cloned()
+            .collect();
+        let reaches = oldest.is_some_and(|o| o <= 1) || in_ring.len() >= n;
+        let lines = if reaches || !self.inner.store.durable() {
+            let skip = in_ring.len().saturating_sub(n);
+            in_ring.into_iter().skip(skip).collect()
+        } else {
+            self.inner
+                .store
+                .before(&room_name, before, n)
+                .into_iter()
+                .map(|e| Arc::new(Encoded::new(e)))
+                .collect()
+        };
+        History {
+            room: room_name,
+            lines,
+        }
+    }
+
+    /// What `id` missed in its room after line `seq` of the room's `epoch`.
     pub fn resume(&self, id: MemberId, epoch: u64, seq: u64) -> Resumed {
         let state = self.state();
         let room_name = state.room_of(id);
         let room = state.rooms.get(&room_name);
-        let restarted = epoch != self.epoch();
+        let restarted = room.is_none_or(|r| epoch != self.room_epoch(r));
         let last_seq = room.map_or(0, |r| r.last_seq);
         let lines: Vec<Shared> = match room {
             Some(r) if !restarted => r
@@ -912,22 +1002,6 @@ impl Hub {
     pub fn room_count(&self) -> usize {
         self.state().rooms.len()
     }
-}
-
-/// A number that differs between runs of the server.
-fn new_epoch() -> u64 {
-    use std::hash::{BuildHasher as _, Hasher as _};
-    // RandomState is seeded randomly per process; mixing in the time keeps
-    // two hubs in one process (as in tests) apart too.
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0),
-    );
-    // Keep it within JSON's exact integer range for JavaScript clients.
-    hasher.finish() >> 11
 }
 
 #[cfg(test)]

@@ -113,6 +113,14 @@ pub enum Command<'a> {
     Rooms,
     /// `/history [N]`: replay the last N messages of the current room.
     History(Option<usize>),
+    /// `/history N before SEQ`: the N messages before message SEQ of the
+    /// current room (scrollback).
+    HistoryBefore {
+        /// How many.
+        n: usize,
+        /// Lines with a `seq` below this one.
+        before: u64,
+    },
     /// `/resume EPOCH SEQ`: replay what was missed in the current room
     /// since message SEQ of server run EPOCH.
     Resume {
@@ -177,10 +185,25 @@ pub fn parse_command<'a>(name: &str, args: &'a str) -> Result<Command<'a>, Comma
         }
         "rooms" => no_args(Command::Rooms, "/rooms"),
         "history" if args.is_empty() => Ok(Command::History(None)),
-        "history" => match args.parse::<usize>() {
-            Ok(n) if n > 0 => Ok(Command::History(Some(n))),
-            _ => Err(usage("/history [N] (N a positive number)")),
-        },
+        "history" => {
+            let words: Vec<&str> = args.split_whitespace().collect();
+            let usage = || usage("/history [N] or /history N before SEQ (N, SEQ positive numbers)");
+            match words.as_slice() {
+                [n] => match n.parse::<usize>() {
+                    Ok(n) if n > 0 => Ok(Command::History(Some(n))),
+                    _ => Err(usage()),
+                },
+                [n, kw, seq] if kw.eq_ignore_ascii_case("before") => {
+                    match (n.parse::<usize>(), seq.parse::<u64>()) {
+                        (Ok(n), Ok(before)) if n > 0 && before > 0 => {
+                            Ok(Command::HistoryBefore { n, before })
+                        }
+                        _ => Err(usage()),
+                    }
+                }
+                _ => Err(usage()),
+            }
+        }
         "resume" => {
             let mut parts = args.split_whitespace().map(str::parse::<u64>);
             match (parts.next(), parts.next(), parts.next()) {
@@ -393,6 +416,16 @@ pub enum Event {
         /// Every room, by name.
         rooms: Vec<RoomInfo>,
     },
+    /// Told to a client that joined `room` (after `/join`): the room's
+    /// epoch and its last `seq`, for a later `/resume` there.
+    Entered {
+        /// The room.
+        room: String,
+        /// The room's epoch: changes only when its history was lost.
+        epoch: u64,
+        /// The last line's `seq` (0: none yet).
+        last_seq: u64,
+    },
     /// The next `count` events are history of `room`, oldest first.
     History {
         /// The room.
@@ -558,6 +591,16 @@ impl Event {
                     }
                     let _ = write!(out, "{} ({})", r.name, r.members);
                 }
+            }
+            Event::Entered {
+                room,
+                epoch,
+                last_seq,
+            } => {
+                let _ = write!(
+                    out,
+                    "* you are in {room} (epoch {epoch}, last message {last_seq})"
+                );
             }
             Event::History { room, count } => {
                 let s = if *count == 1 { "" } else { "s" };

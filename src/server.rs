@@ -69,6 +69,10 @@ pub struct Config {
     /// with the same Redis URL (`redis://HOST:PORT/DB`); `None`: this
     /// server alone.
     pub redis: Option<String>,
+    /// Keep history in this SQLite file (see [`crate::store::sqlite`]);
+    /// `None`: in memory only, lost at every restart (`--db :memory:`).
+    /// Not used with `redis`.
+    pub db: Option<crate::store::sqlite::Config>,
     /// How long the server keeps serving after shutdown begins, with
     /// `/readyz` answering 503, so a load balancer stops sending new
     /// clients before connections are closed. Zero: close at once.
@@ -90,6 +94,7 @@ impl Default for Config {
             policy: Policy::default(),
             session: SessionConfig::default(),
             redis: None,
+            db: None,
             drain: Duration::ZERO,
             readiness: Readiness::new(),
         }
@@ -120,7 +125,18 @@ pub async fn run_with(
     // The DNS-rebinding guard applies where a browser on this machine is
     // the only kind of visitor: a loopback bind.
     config.policy.loopback_bind = listener.local_addr()?.ip().is_loopback();
-    let hub = Hub::new(config.hub.clone());
+    let hub = match (&config.db, &config.redis) {
+        (Some(db), None) => {
+            // Opening reads and checks the file: off the runtime's threads.
+            let (db, readiness) = (db.clone(), config.readiness.clone());
+            let store = tokio::task::spawn_blocking(move || {
+                crate::store::sqlite::Sqlite::open(db, readiness)
+            })
+            .await??;
+            Hub::with_store(config.hub.clone(), store)
+        }
+        _ => Hub::new(config.hub.clone()),
+    };
     // Held for the server's life: dropping it stops the Redis tasks.
     let _redis = match &config.redis {
         Some(url) => {
@@ -223,6 +239,8 @@ pub async fn run_with(
             "some connections did not close in time"
         );
     }
+    let closing = hub.clone();
+    let _ = tokio::task::spawn_blocking(move || closing.close_store()).await;
     info!("stopped");
     Ok(())
 }

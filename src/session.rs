@@ -573,6 +573,17 @@ where
                 }
                 Ok(())
             }
+            Command::HistoryBefore { n, before } => {
+                let history = hub.history_before(id, n, before);
+                if history.is_empty() {
+                    self.reply(&Event::Info {
+                        text: format!("no messages before {before} in {}", history.room()),
+                    });
+                } else {
+                    self.replay(&history);
+                }
+                Ok(())
+            }
             Command::Resume { epoch, seq } => {
                 let resumed = hub.resume(id, epoch, seq);
                 for event in resumed.history.events() {
@@ -600,6 +611,7 @@ where
         // Whatever the old room sent before we left, rung or not yet.
         self.mailbox.switch_room(joined.cursor, &mut self.outbox);
         self.due |= mailbox::ROOM;
+        self.reply(&joined.entered);
         self.replay(&joined.history);
     }
 
@@ -976,6 +988,7 @@ const HELP: &[&str] = &[
     "  /me ACTION         say what you are doing: * alice waves",
     "  /msg NAME TEXT     private message to a nickname (or address)",
     "  /history [N]       replay the last N messages of your room (default 20)",
+    "  /history N before SEQ  the N messages before message SEQ (scrollback)",
     "  /resume EPOCH SEQ  replay what you missed after message SEQ (for clients)",
     "  /quit [REASON]     leave the chat",
     "  /help              this list",

@@ -14,6 +14,11 @@ use chat::hub::{
     DEFAULT_PRESENCE_LIMIT,
 };
 use chat::server::{self, Config};
+use chat::store::sqlite::{self, Durability};
+
+/// Most lines per room the hub keeps in memory when history is on disk:
+/// older ones are read from the file when a client pages back.
+const MAX_HISTORY_IN_MEMORY: usize = 10_000;
 use chat::session::{
     Rate, SessionConfig, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_PING_INTERVAL, DEFAULT_PING_TIMEOUT,
     DEFAULT_RATE_BURST, DEFAULT_RATE_LIMIT,
@@ -37,10 +42,24 @@ struct Args {
     /// starts skipping messages for that receiver.
     #[arg(long, default_value_t = DEFAULT_CHANNEL_CAPACITY as u32, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     channel_capacity: u32,
-    /// Lines of history each room keeps for /history, for newcomers and for
-    /// clients catching up after a reconnect (0 disables history).
+    /// Lines of history each room keeps (in the --db file; the last 10,000
+    /// of them also in memory), for /history, newcomers and clients
+    /// catching up after a reconnect (0 disables history).
     #[arg(long, env = "CHAT_HISTORY", default_value_t = DEFAULT_HISTORY_DEPTH)]
     history: usize,
+    /// Where history is kept: an SQLite file, created if missing, or
+    /// :memory: to keep it in memory only (lost at every restart).
+    #[arg(long, value_name = "PATH", env = "CHAT_DB", default_value = "chat.db")]
+    db: String,
+    /// Remove lines older than this from history, e.g. 7d, 12h, 30m
+    /// (default: kept until --history pushes them out).
+    #[arg(long, value_name = "DURATION", value_parser = parse_age)]
+    history_max_age: Option<Duration>,
+    /// How hard each write of history is made to last: normal survives the
+    /// server being killed, full also a power loss (slower), off leaves it
+    /// to the operating system.
+    #[arg(long, value_enum, default_value_t = Durability::Normal)]
+    db_sync: Durability,
     /// Most rooms that may exist at once.
     #[arg(long, default_value_t = DEFAULT_MAX_ROOMS, value_parser = clap::value_parser!(u64).range(1..).map(|v| v as usize))]
     max_rooms: usize,
@@ -152,6 +171,33 @@ fn limit<T: Default + PartialEq>(value: T) -> Option<T> {
 }
 
 /// A timeout flag's value: 0 means no limit.
+/// `7d`, `12h`, `30m`, `45s` (a number alone is seconds).
+fn parse_age(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len()),
+    );
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration; write e.g. 7d, 12h, 30m or 45s"))?;
+    let per = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => {
+            return Err(format!(
+                "unknown unit {unit:?} in {text:?}; use s, m, h or d"
+            ))
+        }
+    };
+    if n == 0 {
+        return Err("a maximum age must be more than 0".to_string());
+    }
+    Ok(Duration::from_secs(n.saturating_mul(per)))
+}
+
 fn seconds(secs: u64) -> Duration {
     if secs == 0 {
         Duration::MAX
@@ -252,6 +298,13 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         }
         None => None,
     };
+    let db = (args.db != ":memory:").then(|| sqlite::Config {
+        path: PathBuf::from(&args.db),
+        history: args.history,
+        max_age: args.history_max_age,
+        durability: args.db_sync,
+        max_pages: None,
+    });
     // Every field is set today; the update keeps settings added to Config
     // later at their defaults until they get a flag.
     #[allow(clippy::needless_update)]
@@ -259,7 +312,11 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         hub: HubConfig {
             name: args.name,
             channel_capacity: args.channel_capacity as usize,
-            history_depth: args.history,
+            history_depth: if db.is_some() {
+                args.history.min(MAX_HISTORY_IN_MEMORY)
+            } else {
+                args.history
+            },
             max_rooms: args.max_rooms,
             presence_limit: args.presence_limit,
         },
@@ -284,6 +341,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
             }),
         },
         redis: args.redis,
+        db,
         drain: Duration::from_secs(args.drain),
         ..Config::default()
     };

@@ -150,7 +150,9 @@ impl Tracker {
             Event::Left { addr, .. } if mine(addr) && self.catch_up.is_some() => {
                 return Vec::new();
             }
-            Event::History { .. } if self.catch_up.is_some() => return Vec::new(),
+            Event::History { .. } | Event::Entered { .. } if self.catch_up.is_some() => {
+                return Vec::new()
+            }
             Event::Message(line) | Event::Action(line) => {
                 let (room, seq) = (line.room.clone(), line.seq);
                 return self.chat_line(room, seq, incoming);

@@ -141,6 +141,11 @@ async fn who_me_and_rooms() {
     let left = format!("* {} left #lobby (joined #rust)", b.addr);
     assert_eq!(a.recv_text().await, left);
     assert_eq!(b.recv_text().await, left);
+    let entered = b.recv_text().await;
+    assert!(
+        entered.starts_with("* you are in #rust (epoch ") && entered.ends_with(", last message 0)"),
+        "{entered}"
+    );
     assert_eq!(b.recv_text().await, format!("* {} joined #rust", b.addr));
     b.send("/rooms").await;
     assert_eq!(b.recv_text().await, "* rooms: #lobby (1), #rust (1)");
@@ -160,6 +165,10 @@ async fn who_me_and_rooms() {
         b.recv_text().await,
         format!("* {} left #rust (joined #lobby)", b.addr)
     );
+    assert!(b
+        .recv_text()
+        .await
+        .starts_with("* you are in #lobby (epoch "));
     let header = b.recv_text().await;
     assert!(
         header.starts_with("* history of #lobby: the last"),

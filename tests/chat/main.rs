@@ -8,6 +8,7 @@ mod browser;
 mod client;
 mod core;
 mod door;
+mod durable;
 mod features;
 mod guard;
 mod nodes;
