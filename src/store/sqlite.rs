@@ -49,6 +49,15 @@ pub const QUEUE: usize = 64 * 1024;
 pub const CRASH_SKIP: u64 = 2 * QUEUE as u64 + 1;
 /// Most lines committed in one transaction.
 const BATCH: usize = 4096;
+/// How long a batch waits for more lines after its first: well inside the
+/// 100 ms a `kill -9` may cost, and it turns a busy room's commits from one
+/// per line into one per burst.
+const GATHER: Duration = Duration::from_millis(10);
+/// A room is trimmed to `--history` lines when its numbering has moved on
+/// by this many since its last trim, not on every commit: trimming walks
+/// `history` index entries, and so a room may hold up to this many lines
+/// more for a while (reads ask for the newest, so nobody sees them).
+const TRIM_EVERY: u64 = 256;
 /// How often lines older than `--history-max-age` are removed.
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
 /// Retry delays after a failed commit: doubling up to this.
@@ -307,6 +316,7 @@ impl Sqlite {
         let dropped = Arc::new(AtomicU64::new(0));
         let mut task = Writer {
             conn: writer,
+            trimmed: std::collections::HashMap::new(),
             history: config.history,
             max_age: config.max_age,
             readiness,
@@ -533,6 +543,8 @@ fn sweep(conn: &Connection, max_age: Duration) -> rusqlite::Result<usize> {
 
 struct Writer {
     conn: Connection,
+    /// Per room, the `seq` it was last trimmed at (see [`TRIM_EVERY`]).
+    trimmed: std::collections::HashMap<String, u64>,
     history: usize,
     max_age: Option<Duration>,
     readiness: Readiness,
@@ -556,6 +568,7 @@ impl Writer {
             } else {
                 Duration::ZERO
             };
+            let gathering = Instant::now();
             match ops.recv_timeout(wait) {
                 Ok(op) => self.take(op, &mut pending, &mut waiting, &mut closing),
                 Err(RecvTimeoutError::Timeout) => {}
@@ -577,9 +590,17 @@ impl Writer {
                         0
                     })
             {
-                match ops.try_recv() {
+                // What arrives within GATHER of the batch's first line joins
+                // it: one commit for a burst rather than one per line.
+                let left = GATHER.saturating_sub(gathering.elapsed());
+                let next = if pending.is_empty() || left.is_zero() || !waiting.is_empty() {
+                    ops.try_recv().map_err(|_| ())
+                } else {
+                    ops.recv_timeout(left).map_err(|_| ())
+                };
+                match next {
                     Ok(op) => self.take(op, &mut pending, &mut waiting, &mut closing),
-                    Err(_) => break,
+                    Err(()) => break,
                 }
             }
             if !pending.is_empty() {
@@ -678,6 +699,7 @@ impl Writer {
     }
 
     fn write(&mut self, pending: &[Row]) -> rusqlite::Result<()> {
+        let mut trims: Vec<(String, u64)> = Vec::new();
         let tx = self.conn.transaction()?;
         {
             let mut line_stmt = tx.prepare_cached(
@@ -716,10 +738,17 @@ impl Writer {
             )?;
             for (room, epoch, seq) in touched {
                 seq_stmt.execute(params![room, epoch, seq])?;
-                trim_stmt.execute(params![room, self.history])?;
+                let trimmed = self.trimmed.get(room).copied();
+                if trimmed.is_none_or(|at| seq >= at + TRIM_EVERY) {
+                    trim_stmt.execute(params![room, self.history])?;
+                    trims.push((room.to_string(), seq));
+                }
             }
         }
-        tx.commit()
+        tx.commit()?;
+        // Only once committed: a failed batch is retried and trims then.
+        self.trimmed.extend(trims);
+        Ok(())
     }
 
     fn mark_clean(&mut self) {
