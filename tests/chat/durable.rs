@@ -307,3 +307,57 @@ async fn kill_9_loses_nothing_delivered_well_before_and_never_reuses_a_seq() {
             .unwrap();
     }
 }
+
+/// A "disk" that fills (SQLite's page cap) and then has room again: chat
+/// goes on, readiness says degraded, and what was queued meanwhile is
+/// written once there is room.
+#[test]
+fn a_full_disk_degrades_and_catches_up_without_losing_what_was_queued() {
+    use chat::protocol::{ChatLine, Event};
+    use chat::store::Store as _;
+    let scratch = Scratch::new("full");
+    let readiness = Readiness::new();
+    let mut config = store_config(&scratch.db());
+    config.max_pages = Some(16);
+    let store = Sqlite::open(config, readiness.clone()).unwrap();
+    let opened = store.open("#lobby", 10);
+    let line = |seq: u64| ChatLine {
+        room: "#lobby".to_string(),
+        seq,
+        ts: chat::protocol::now_millis(),
+        from: "127.0.0.1:4000".parse().unwrap(),
+        nick: Some("ann".to_string()),
+        text: format!("line {seq} {}", "x".repeat(400)),
+        history: false,
+    };
+    for seq in 1..=500 {
+        store.keep(opened.epoch, &line(seq), false);
+    }
+    // Bounded wait for the writer to hit the cap.
+    let mut degraded = false;
+    for _ in 0..200 {
+        if readiness.check().is_err() {
+            degraded = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(degraded, "a full disk shows in /readyz");
+    store.set_max_pages(1_000_000);
+    store.flush();
+    assert!(readiness.check().is_ok(), "ready again once writes succeed");
+    let kept = store.before("#lobby", u64::MAX, 1000);
+    let seqs: Vec<u64> = kept
+        .iter()
+        .filter_map(|e| match e {
+            Event::Message(l) => Some(l.seq),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        seqs,
+        (1..=500).collect::<Vec<_>>(),
+        "nothing queued was lost"
+    );
+    store.close();
+}
