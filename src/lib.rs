@@ -22,7 +22,7 @@
 //!   several servers share.
 //! - [`client`]: the terminal client: connection, reconnect and resume,
 //!   rendering, and the interactive front end.
-#![deny(unsafe_code)]
+#![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod client;

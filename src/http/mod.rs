@@ -268,8 +268,9 @@ where
     let limits = Limits::default().max_payload_len(door.config.session.max_message_bytes);
     // The WebSocket's 8 KiB read buffer would otherwise reuse a block the
     // handshake wrote to (see `scrub`).
-    scrub::last_freed_block();
+    let aside = scrub::hyper_blocks();
     let ws = ServerBuilder::new().limits(limits).serve(stream);
+    drop(aside);
     // Shutdown reaches the session through the hub (`Hub::shutdown`).
     let session = session::run(ws, addr, encoding, door.hub.clone(), &door.config.session);
     door.metrics.session_opened();
