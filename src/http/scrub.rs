@@ -9,17 +9,17 @@
 //! made resident for as long as the session lasts, though an idle
 //! connection never reads into it. Measured with `load/compare.sh -w W4 -s
 //! ours` (10,000 idle connections): 6.8 KB per connection without this,
-//! 2.7 KB with it, as before hyper.
+//! 2.8 KB with it (2.7 before hyper).
 //!
 //! [`Aside`] takes hyper's two blocks out of the cache while the WebSocket
 //! allocates its buffer, which then comes from further down (in a
 //! connection storm: fresh, untouched memory), and gives them back for the
 //! next handshake, which writes them anyway. This relies on the WebSocket
 //! being built in the same poll as the upgrade, with no other 8 KiB block
-//! freed in between (`http::start_session`). The first version gave the block's pages
-//! back to the kernel with `madvise` instead: as good for memory, but on
-//! this machine the call cost about 10 µs per connection, a third of the
-//! time to connect 10,000.
+//! freed in between (`http::start_session`). The first version gave the
+//! block's pages back to the kernel with `madvise` instead: as good for
+//! memory, but on this machine it cost about 10 µs of server time per
+//! connection, over a quarter of the time to connect 10,000.
 
 /// hyper's buffers, held out of the allocator's cache; dropping this gives
 /// them back.
