@@ -119,12 +119,29 @@ pub async fn run(
 pub async fn run_with(
     listener: TcpListener,
     ops_listener: Option<TcpListener>,
-    mut config: Config,
+    config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    // The DNS-rebinding guard applies where a browser on this machine is
-    // the only kind of visitor: a loopback bind.
-    config.policy.loopback_bind = listener.local_addr()?.ip().is_loopback();
+    prepare(config)
+        .await?
+        .run(listener, ops_listener, shutdown)
+        .await
+}
+
+/// A server whose history store is open (and whose Redis is reached),
+/// ready to take connections: see [`prepare`].
+pub struct Prepared {
+    config: Config,
+    hub: Hub,
+    // Held for the server's life: dropping it stops the Redis tasks.
+    _redis: Option<crate::store::redis_node::RedisNode>,
+}
+
+/// Opens what the chat keeps its history in, before any port is bound:
+/// a server that cannot open its store (locked, not a database, Redis
+/// unreachable) never takes a connection, and the first clients are not
+/// kept waiting in the accept queue while the file is read.
+pub async fn prepare(config: Config) -> anyhow::Result<Prepared> {
     let hub = match (&config.db, &config.redis) {
         (Some(db), None) => {
             // Opening reads and checks the file: off the runtime's threads.
@@ -137,13 +154,49 @@ pub async fn run_with(
         }
         _ => Hub::new(config.hub.clone()),
     };
-    // Held for the server's life: dropping it stops the Redis tasks.
     let _redis = match &config.redis {
         Some(url) => {
             Some(crate::store::redis_node::attach(&hub, url, config.hub.history_depth).await?)
         }
         None => None,
     };
+    Ok(Prepared {
+        config,
+        hub,
+        _redis,
+    })
+}
+
+impl Prepared {
+    /// Serves chat connections from `listener` (and the operators'
+    /// endpoints from `ops_listener`, if given) until `shutdown` completes;
+    /// see [`run`].
+    pub async fn run(
+        self,
+        listener: TcpListener,
+        ops_listener: Option<TcpListener>,
+        shutdown: impl Future<Output = ()>,
+    ) -> anyhow::Result<()> {
+        let Prepared {
+            config,
+            hub,
+            _redis,
+        } = self;
+        serve(listener, ops_listener, config, hub, shutdown).await
+        // `_redis` lives until here: the relay outlasts every connection.
+    }
+}
+
+async fn serve(
+    listener: TcpListener,
+    ops_listener: Option<TcpListener>,
+    mut config: Config,
+    hub: Hub,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    // The DNS-rebinding guard applies where a browser on this machine is
+    // the only kind of visitor: a loopback bind.
+    config.policy.loopback_bind = listener.local_addr()?.ip().is_loopback();
     let admission = Admission::new(config.max_connections, config.max_connections_per_ip);
     let mut refusals = RefusalLog::default();
     let mut report = tokio::time::interval(REFUSAL_REPORT_INTERVAL);

@@ -283,21 +283,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         (Some(cert), Some(key)) => Some(tls::load(cert, key)?),
         _ => None,
     };
-    let scheme = if tls.is_some() { "wss" } else { "ws" };
-    let listener = bind(args.addr).with_context(|| format!("cannot listen on {}", args.addr))?;
-    info!("listening on {scheme}://{}", listener.local_addr()?);
-    let ops_listener = match args.metrics_addr {
-        Some(addr) => {
-            let ops =
-                bind(addr).with_context(|| format!("cannot listen on {addr} (--metrics-addr)"))?;
-            info!(
-                "metrics, health and readiness on http://{}",
-                ops.local_addr()?
-            );
-            Some(ops)
-        }
-        None => None,
-    };
+    let (addr, metrics_addr, prepared_tls) = (args.addr, args.metrics_addr, tls.is_some());
     let db = (args.db != ":memory:").then(|| sqlite::Config {
         path: PathBuf::from(&args.db),
         history: args.history,
@@ -345,7 +331,28 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         drain: Duration::from_secs(args.drain),
         ..Config::default()
     };
-    server::run_with(listener, ops_listener, config, shutdown_signal()).await
+    // The store opens first: a locked or foreign database file stops the
+    // server before it has a port, and the first clients do not wait in
+    // the accept queue while the file is read.
+    let prepared = server::prepare(config).await?;
+    let scheme = if prepared_tls { "wss" } else { "ws" };
+    let listener = bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
+    info!("listening on {scheme}://{}", listener.local_addr()?);
+    let ops_listener = match metrics_addr {
+        Some(addr) => {
+            let ops =
+                bind(addr).with_context(|| format!("cannot listen on {addr} (--metrics-addr)"))?;
+            info!(
+                "metrics, health and readiness on http://{}",
+                ops.local_addr()?
+            );
+            Some(ops)
+        }
+        None => None,
+    };
+    prepared
+        .run(listener, ops_listener, shutdown_signal())
+        .await
 }
 
 /// Binds the listening socket with a long accept queue: under a burst of
