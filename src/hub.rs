@@ -41,6 +41,10 @@ use crate::protocol::{
 pub const DEFAULT_CHANNEL_CAPACITY: usize = 4096;
 /// Default number of lines each room keeps for replay.
 pub const DEFAULT_HISTORY_DEPTH: usize = 1000;
+/// Most lines a resume reads from the store beyond those the hub keeps in
+/// memory (only with `--history` above the in-memory depth): more than
+/// anyone reads after a reconnect, fewer than would swamp the client.
+pub const MAX_REPLAY_FROM_STORE: usize = 50_000;
 /// Default cap on the number of rooms.
 pub const DEFAULT_MAX_ROOMS: usize = 1000;
 /// Rooms with more members than this do not announce joins and leaves:
@@ -247,6 +251,8 @@ struct Room {
     last_seq: u64,
     /// Changes only when the room's history was lost (see `/resume`).
     epoch: u64,
+    /// Numbers skipped after unclean stops (see [`Opened::skipped`]).
+    skipped: Vec<(u64, u64)>,
     /// The most recent lines, oldest first: the very events that were
     /// published, so history and live delivery cannot disagree.
     history: VecDeque<Shared>,
@@ -271,6 +277,7 @@ impl Room {
             writer: RoomWriter::new(),
             last_seq: opened.last_seq,
             epoch: opened.epoch,
+            skipped: opened.skipped,
             history,
             json_members: 0,
             metrics,
@@ -930,6 +937,10 @@ impl Hub {
             let skip = in_ring.len().saturating_sub(n);
             in_ring.into_iter().skip(skip).collect()
         } else {
+            // Past memory: the lines asked for may still be queued for the
+            // disk if they were sent a moment ago.
+            drop(state);
+            self.inner.store.flush();
             self.inner
                 .store
                 .before(&room_name, before, n)
@@ -943,23 +954,65 @@ impl Hub {
         }
     }
 
-    /// What `id` missed in its room after line `seq` of the room's `epoch`.
+    /// What `id` missed in its room after line `seq` of the room's `epoch`:
+    /// from memory, and from the store for what the ring no longer holds.
     pub fn resume(&self, id: MemberId, epoch: u64, seq: u64) -> Resumed {
         let state = self.state();
         let room_name = state.room_of(id);
         let room = state.rooms.get(&room_name);
         let restarted = room.is_none_or(|r| epoch != self.room_epoch(r));
         let last_seq = room.map_or(0, |r| r.last_seq);
-        let lines: Vec<Shared> = match room {
-            Some(r) if !restarted => r
-                .history
-                .iter()
-                .filter(|k| chat_line(k).is_some_and(|line| line.seq > seq))
-                .cloned()
-                .collect(),
-            _ => Vec::new(),
+        let (mut lines, skipped, below) = match room {
+            Some(r) if !restarted => {
+                let lines: Vec<Shared> = r
+                    .history
+                    .iter()
+                    .filter(|k| chat_line(k).is_some_and(|line| line.seq > seq))
+                    .cloned()
+                    .collect();
+                // Where the ring's coverage begins: missed lines below it
+                // may still be on disk.
+                let below = lines
+                    .first()
+                    .and_then(|k| chat_line(k))
+                    .map_or(last_seq + 1, |l| l.seq);
+                (lines, r.skipped.clone(), below)
+            }
+            _ => (Vec::new(), Vec::new(), 0),
         };
-        let missed = last_seq.saturating_sub(seq);
+        drop(state);
+        let skipped_missed: u64 = skipped
+            .iter()
+            .map(|&(first, last)| {
+                let (from, to) = (first.max(seq + 1), last.min(last_seq));
+                if to >= from {
+                    to - from + 1
+                } else {
+                    0
+                }
+            })
+            .sum();
+        // Reading the file happens outside the hub's lock: these lines are
+        // all older than the ring's, so nothing published meanwhile can
+        // come between them.
+        let wanted = below.saturating_sub(seq + 1).saturating_sub(skipped_missed);
+        if wanted > 0 && self.inner.store.durable() {
+            // The writer may not have committed the newest of them yet (a
+            // burst a moment ago): bounded, and only for a resume that
+            // reaches past memory.
+            self.inner.store.flush();
+            let n = (wanted as usize).min(MAX_REPLAY_FROM_STORE);
+            let older: Vec<Shared> = self
+                .inner
+                .store
+                .before(&room_name, below, n)
+                .into_iter()
+                .filter(|e| matches!(e, Event::Message(l) | Event::Action(l) if l.seq > seq))
+                .map(|e| Arc::new(Encoded::new(e)))
+                .collect();
+            lines.splice(0..0, older);
+        }
+        let missed = last_seq.saturating_sub(seq).saturating_sub(skipped_missed);
         let lost = if restarted {
             0
         } else {
@@ -971,6 +1024,7 @@ impl Hub {
             replayed: lines.len(),
             lost,
             restarted,
+            interrupted: !restarted && skipped_missed > 0,
         };
         Resumed {
             history: History {
@@ -1093,7 +1147,8 @@ mod tests {
                 after: 1,
                 replayed: 5,
                 lost: 3,
-                restarted: false
+                restarted: false,
+                interrupted: false,
             }
         );
         let r = hub.resume(b.id, hub.epoch() ^ 1, 5);

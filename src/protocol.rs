@@ -446,6 +446,13 @@ pub enum Event {
         /// The server restarted since the client's epoch: nothing it saw
         /// before can be matched, and what was sent meanwhile is lost.
         restarted: bool,
+        /// The server stopped uncleanly (a crash, `kill -9`) in the stretch
+        /// the client missed: lines sent in the moment before that stop
+        /// may never have reached the disk. They cannot be counted, so
+        /// they are not in `lost`; the numbers the server skipped after
+        /// the stop are not counted either (they were never lines).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        interrupted: bool,
     },
     /// The receiver fell behind and this many messages were dropped for it.
     Skipped {
@@ -611,6 +618,7 @@ impl Event {
                 replayed,
                 lost,
                 restarted,
+                interrupted,
                 ..
             } => {
                 if *restarted {
@@ -625,6 +633,12 @@ impl Event {
                         let _ = write!(
                             out,
                             "; {lost} older ones could not be recovered (history too short)"
+                        );
+                    }
+                    if *interrupted {
+                        let _ = write!(
+                            out,
+                            "; the server stopped unexpectedly meanwhile, and lines sent just before that may be missing"
                         );
                     }
                 }

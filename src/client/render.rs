@@ -163,8 +163,11 @@ pub fn rich_event(event: &Event, me: Option<SocketAddr>) -> Line {
             line.push(fg(AnsiColor::Red).bold(), &format!("! {message}"));
         }
         Event::Resumed {
-            lost, restarted, ..
-        } if *lost > 0 || *restarted => {
+            lost,
+            restarted,
+            interrupted,
+            ..
+        } if *lost > 0 || *restarted || *interrupted => {
             stamp(&mut line, None);
             line.push(fg(AnsiColor::Yellow).bold(), &event.to_text());
         }

@@ -313,6 +313,7 @@ mod tests {
             replayed: 3,
             lost: 0,
             restarted: false,
+            interrupted: false,
         }));
         assert_eq!(seqs(&shown), [6, 7, 8, 9]);
         assert!(matches!(shown.last().unwrap().event, Event::Resumed { .. }));
@@ -342,6 +343,7 @@ mod tests {
             replayed: 0,
             lost: 0,
             restarted: true,
+            interrupted: false,
         }));
         assert!(matches!(shown[0].event, Event::Resumed { .. }));
         assert_eq!(seqs(&shown), [1]);

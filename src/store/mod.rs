@@ -28,6 +28,10 @@ pub struct Opened {
     pub last_seq: u64,
     /// The most recent lines kept, oldest first (messages and actions).
     pub lines: Vec<Event>,
+    /// Stretches of numbers skipped after unclean stops, first and last
+    /// inclusive (see [`sqlite::CRASH_SKIP`]): no kept line has them, and
+    /// only the first few may have been seen by clients before the stop.
+    pub skipped: Vec<(u64, u64)>,
 }
 
 /// A room log the hub can keep lines in. Every method is called under the

@@ -121,13 +121,15 @@ enum Op {
     Flush(mpsc::Sender<()>),
     /// Commit everything before it, record a clean stop, answer, end.
     Close(mpsc::Sender<()>),
-    /// Raise the page cap (tests: the "disk" has room again).
-    MaxPages(u64),
 }
 
 /// See the module documentation.
 pub struct Sqlite {
     queue: SyncSender<Op>,
+    /// A new page cap for the writer to apply before its next commit (0:
+    /// none). Beside the queue, not in it: a full queue must not hold back
+    /// the "disk" getting room again in tests.
+    max_pages: Arc<AtomicU64>,
     reader: Mutex<Connection>,
     /// Added to every room's last `seq` when opened (after an unclean stop
     /// this run has already written it to the file; see [`CRASH_SKIP`]).
@@ -257,7 +259,12 @@ impl Sqlite {
                      text TEXT NOT NULL,
                      PRIMARY KEY (room, seq)
                  ) WITHOUT ROWID;
-                 CREATE INDEX IF NOT EXISTS lines_by_time ON lines (ts);"
+                 CREATE INDEX IF NOT EXISTS lines_by_time ON lines (ts);
+                 CREATE TABLE IF NOT EXISTS skips (
+                     room TEXT NOT NULL,
+                     first INTEGER NOT NULL,
+                     last INTEGER NOT NULL
+                 );"
             ))
             .map_err(|e| not_a_database(&path, &e))?;
         if let Some(pages) = config.max_pages {
@@ -288,12 +295,27 @@ impl Sqlite {
             })
             .optional()?
             .and_then(|v| v.parse().ok());
-        let epoch = epoch.unwrap_or_else(new_epoch);
+        // The file's epoch goes to rooms it has never seen. After an
+        // unclean stop a room may have been numbered in the run that died
+        // without any of its lines reaching the disk: a new epoch then
+        // keeps its old numbers from being matched to new lines.
+        let epoch = match epoch {
+            Some(epoch) if !unclean => epoch,
+            _ => new_epoch(),
+        };
         {
             let tx = writer.unchecked_transaction()?;
             if unclean {
                 // Numbers handed out but never written may have been seen:
                 // skip past them for good before serving anything.
+                // Remembered, so a resume across the stop neither counts
+                // the skipped numbers as lost lines nor hides that some
+                // lines just before it may be.
+                tx.execute(
+                    "INSERT INTO skips (room, first, last)
+                     SELECT name, last_seq + 1, last_seq + ?1 FROM rooms",
+                    [CRASH_SKIP],
+                )?;
                 let rooms =
                     tx.execute("UPDATE rooms SET last_seq = last_seq + ?1", [CRASH_SKIP])?;
                 warn!(
@@ -314,8 +336,10 @@ impl Sqlite {
         let reader = open_connection(&path)?;
         let (queue, ops) = mpsc::sync_channel(QUEUE);
         let dropped = Arc::new(AtomicU64::new(0));
+        let max_pages = Arc::new(AtomicU64::new(0));
         let mut task = Writer {
             conn: writer,
+            max_pages: max_pages.clone(),
             trimmed: std::collections::HashMap::new(),
             history: config.history,
             max_age: config.max_age,
@@ -335,6 +359,7 @@ impl Sqlite {
         );
         Ok(Arc::new(Sqlite {
             queue,
+            max_pages,
             reader: Mutex::new(reader),
             dropped,
             last_drop_log: Mutex::new(None),
@@ -353,7 +378,7 @@ impl Sqlite {
 
     /// Raises the page cap (see [`Config::max_pages`]).
     pub fn set_max_pages(&self, pages: u64) {
-        let _ = self.queue.send(Op::MaxPages(pages));
+        self.max_pages.store(pages, Ordering::Relaxed);
     }
 
     fn reader(&self) -> std::sync::MutexGuard<'_, Connection> {
@@ -366,6 +391,14 @@ impl Sqlite {
         self.max_age.map_or(0, |age| {
             crate::protocol::now_millis().saturating_sub(age.as_millis() as u64)
         })
+    }
+
+    fn read_skips(&self, room: &str) -> rusqlite::Result<Vec<(u64, u64)>> {
+        let conn = self.reader();
+        let mut stmt =
+            conn.prepare_cached("SELECT first, last FROM skips WHERE room = ?1 ORDER BY first")?;
+        let rows = stmt.query_map([room], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        rows.collect()
     }
 
     fn read_lines(&self, room: &str, before: u64, n: usize) -> rusqlite::Result<Vec<Event>> {
@@ -431,10 +464,15 @@ impl Store for Sqlite {
                         error!(file = %self.path.display(), error = %e, room, "cannot read a room's history");
                         Vec::new()
                     });
+                let skipped = self.read_skips(room).unwrap_or_else(|e| {
+                    error!(file = %self.path.display(), error = %e, room, "cannot read a room's history");
+                    Vec::new()
+                });
                 Opened {
                     epoch,
                     last_seq,
                     lines,
+                    skipped,
                 }
             }
             Ok(None) => Opened {
@@ -543,6 +581,8 @@ fn sweep(conn: &Connection, max_age: Duration) -> rusqlite::Result<usize> {
 
 struct Writer {
     conn: Connection,
+    /// See [`Sqlite::set_max_pages`].
+    max_pages: Arc<AtomicU64>,
     /// Per room, the `seq` it was last trimmed at (see [`TRIM_EVERY`]).
     trimmed: std::collections::HashMap<String, u64>,
     history: usize,
@@ -651,17 +691,18 @@ impl Writer {
             Op::Keep(row) => pending.push(row),
             Op::Flush(done) => waiting.push(done),
             Op::Close(done) => *closing = Some(done),
-            Op::MaxPages(pages) => {
-                let _ = self
-                    .conn
-                    .query_row(&format!("PRAGMA max_page_count={pages}"), [], |_| Ok(()));
-            }
         }
     }
 
     /// Commits `pending` in one transaction, trimming each room touched to
     /// `history` lines. On failure the lines are kept for the retry.
     fn commit(&mut self, pending: &mut Vec<Row>) -> Result<(), ()> {
+        let pages = self.max_pages.swap(0, Ordering::Relaxed);
+        if pages > 0 {
+            let _ = self
+                .conn
+                .query_row(&format!("PRAGMA max_page_count={pages}"), [], |_| Ok(()));
+        }
         match self.write(pending) {
             Ok(()) => {
                 pending.clear();
