@@ -9,11 +9,14 @@
 //! - [`state`]: who and where we are, and which events are news;
 //! - [`sanitize`]: makes peer-controlled text safe for a terminal;
 //! - [`render`]: plain and styled lines;
-//! - [`terminal`]: the interactive front end (line editor, printer);
+//! - [`editor`]: the line being typed and what each key does to it;
+//! - [`terminal`]: the interactive front end (raw mode, keys, the prompt
+//!   row, lines printed above it, Ctrl+Z);
 //! - this module: the engine that ties them together, driven by any line
 //!   source and any screen, so tests run the same code as the binary.
 
 pub mod connect;
+pub mod editor;
 pub mod render;
 pub mod sanitize;
 pub mod state;
@@ -119,6 +122,32 @@ pub(crate) trait Screen {
     async fn unknown(&mut self, raw: &str) -> io::Result<()>;
     /// Shows a notice of the client's own (connection lost, reconnected).
     async fn notice(&mut self, level: Level, text: &str) -> io::Result<()>;
+    /// Where we are now: called after every change the engine sees, so a
+    /// prompt can show it. Plain lines have no prompt.
+    fn status(&mut self, _status: &Status<'_>) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Where the client is, for a prompt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Status<'a> {
+    /// The room we are in (or were in, while reconnecting).
+    pub room: &'a str,
+    /// Our confirmed nickname.
+    pub nick: Option<&'a str>,
+    /// Whether a connection is up.
+    pub connected: bool,
+}
+
+impl<'a> Status<'a> {
+    fn of(tracker: &'a Tracker, connected: bool) -> Self {
+        Status {
+            room: tracker.room(),
+            nick: tracker.nick(),
+            connected,
+        }
+    }
 }
 
 /// Plain lines on an `AsyncWrite`: the piped client, and tests.
@@ -221,6 +250,7 @@ pub(crate) async fn drive<S: Source, O: Screen>(
             Ended::Clean => return Ok(()),
             Ended::Lost(e) if config.reconnect && tracker.established() => {
                 backoff.reset();
+                screen.status(&Status::of(&tracker, false))?;
                 screen
                     .notice(Level::Warn, &format!("{e:#}; reconnecting"))
                     .await?;
@@ -428,6 +458,7 @@ async fn session<S: Source, O: Screen>(
             reconnected = true;
         }
     }
+    screen.status(&Status::of(tracker, true))?;
     let queued = outbox.lines.len();
     for line in commands {
         if let Err(e) = ws.send(Message::text(line)).await {
@@ -493,6 +524,7 @@ async fn session<S: Source, O: Screen>(
                 };
                 if let Some(text) = msg.as_text() {
                     show(text, screen, tracker).await?;
+                    screen.status(&Status::of(tracker, true))?;
                 } else if msg.is_close() {
                     return Ok(closed_by_server(url, msg.as_close(), quitting));
                 }

@@ -807,3 +807,210 @@ async fn interactive_input_survives_incoming_messages() {
         .await;
     server.shutdown().await;
 }
+
+impl Tmux {
+    /// A tmux server of this test's own, with `command` in its one pane.
+    fn start(command: &str) -> Self {
+        let tmux = Tmux {
+            socket: format!("chat-test-{}-{}", std::process::id(), fastrand_suffix()),
+        };
+        tmux.run(&[
+            "new-session",
+            "-d",
+            "-s",
+            "chat",
+            "-x",
+            "100",
+            "-y",
+            "20",
+            command,
+        ]);
+        tmux
+    }
+
+    /// A shell with job control in the pane (for Ctrl+Z and `fg`).
+    async fn shell() -> Self {
+        let tmux = Self::start("env PS1='$ ' bash --norc --noprofile -i");
+        tmux.wait_for("the shell", |p| Tmux::last_line(p) == "$")
+            .await;
+        tmux
+    }
+
+    fn keys(&self, keys: &[&str]) {
+        let mut args = vec!["send-keys", "-t", "chat"];
+        args.extend_from_slice(keys);
+        self.run(&args);
+    }
+
+    /// Pastes `text` as a terminal does: bracketed (`-p`), line feeds sent
+    /// as carriage returns, all of it at once.
+    fn paste(&self, text: &str) {
+        self.run(&["set-buffer", "-b", "paste", text]);
+        self.run(&["paste-buffer", "-p", "-d", "-b", "paste", "-t", "chat"]);
+    }
+
+    /// The pane's last non-empty line.
+    fn last_line(pane: &str) -> &str {
+        pane.lines()
+            .rfind(|l| !l.trim().is_empty())
+            .unwrap_or("")
+            .trim_end()
+    }
+}
+
+fn client_command(server: &TestServer, args: &str) -> String {
+    format!(
+        "NO_COLOR=1 {} --url {} {args}",
+        env!("CARGO_BIN_EXE_client"),
+        server.url()
+    )
+}
+
+/// The last `n` lines of the room as the server's `/history` tells them.
+async fn history(server: &TestServer, n: usize) -> Vec<String> {
+    let mut c = Client::connect(server).await;
+    c.send(&format!("/history {n}")).await;
+    let header = c.recv_until(100, |l| l.starts_with("* history of")).await;
+    let count: usize = header
+        .split_whitespace()
+        .find_map(|w| w.parse().ok())
+        .unwrap_or(0);
+    let mut lines = Vec::new();
+    for _ in 0..count {
+        lines.push(c.recv_text().await);
+    }
+    lines
+}
+
+#[tokio::test]
+async fn every_pasted_line_is_sent_in_order() {
+    if !Tmux::available() {
+        eprintln!("SKIPPED every_pasted_line_is_sent_in_order: tmux is not installed");
+        return;
+    }
+    let server = TestServer::start().await;
+    let tmux = Tmux::start(&client_command(&server, "--nick erin"));
+    tmux.wait_for("the prompt", |p| {
+        Tmux::last_line(p).starts_with("[#lobby erin] >")
+    })
+    .await;
+    // Half a line typed first: the paste continues it.
+    tmux.keys(&["-l", "said: "]);
+    tmux.paste("one\ntwo\nthree\nand half");
+    let pane = tmux
+        .wait_for("the pasted lines", |p| p.contains("erin: three"))
+        .await;
+    assert!(
+        Tmux::last_line(&pane).ends_with("] > and half"),
+        "the unfinished pasted line stays in the editor:\n{pane}"
+    );
+    let said: Vec<String> = history(&server, 10)
+        .await
+        .into_iter()
+        .filter(|l| l.starts_with("erin ("))
+        .map(|l| l.split_once("): ").map(|(_, t)| t.to_string()).unwrap_or(l))
+        .collect();
+    assert_eq!(said, ["said: one", "two", "three"], "{pane}");
+    // Keys for several lines arriving at once (no bracketed paste) too.
+    tmux.keys(&["C-u"]);
+    tmux.keys(&["-l", "four\rfive\rsix\r"]);
+    tmux.wait_for("the typed lines", |p| p.contains("erin: six"))
+        .await;
+    let said: Vec<String> = history(&server, 3).await;
+    assert!(
+        said[0].ends_with(": four") && said[1].ends_with(": five") && said[2].ends_with(": six"),
+        "{said:#?}"
+    );
+    tmux.keys(&["C-c"]);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn ctrl_z_then_fg_restores_the_prompt_and_the_half_typed_line() {
+    if !Tmux::available() {
+        eprintln!("SKIPPED ctrl_z_then_fg_restores_the_prompt_and_the_half_typed_line: no tmux");
+        return;
+    }
+    let server = TestServer::start().await;
+    let tmux = Tmux::shell().await;
+    tmux.keys(&["-l", &client_command(&server, "--nick erin")]);
+    tmux.keys(&["Enter"]);
+    tmux.wait_for("the prompt", |p| {
+        Tmux::last_line(p).starts_with("[#lobby erin] >")
+    })
+    .await;
+    let mut bob = Client::connect(&server).await;
+    tmux.keys(&["-l", "half"]);
+    tmux.wait_for("the typed text", |p| Tmux::last_line(p).ends_with("> half"))
+        .await;
+    tmux.keys(&["C-z"]);
+    tmux.wait_for("the shell after Ctrl+Z", |p| {
+        p.contains("Stopped") && Tmux::last_line(p) == "$"
+    })
+    .await;
+    tmux.keys(&["-l", "fg"]);
+    tmux.keys(&["Enter"]);
+    tmux.wait_for("the prompt after fg", |p| {
+        Tmux::last_line(p) == "[#lobby erin] > half"
+    })
+    .await;
+    // Raw mode is back: keys edit the line rather than being echoed.
+    tmux.keys(&["-l", " done"]);
+    tmux.keys(&["Enter"]);
+    let got = bob.recv_until(100, |l| l.contains("half")).await;
+    assert!(got.ends_with(": half done"), "{got}");
+    let pane = tmux
+        .wait_for("the echo", |p| p.contains("erin: half done"))
+        .await;
+    assert_eq!(
+        pane.matches("half done").count(),
+        1,
+        "the line is shown once:\n{pane}"
+    );
+    tmux.keys(&["C-d"]);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn leaving_and_failing_leave_no_stray_prompt() {
+    if !Tmux::available() {
+        eprintln!("SKIPPED leaving_and_failing_leave_no_stray_prompt: tmux is not installed");
+        return;
+    }
+    let server = TestServer::start().await;
+    let tmux = Tmux::shell().await;
+    tmux.keys(&["-l", &client_command(&server, "--nick erin")]);
+    tmux.keys(&["Enter"]);
+    tmux.wait_for("the prompt", |p| {
+        Tmux::last_line(p).starts_with("[#lobby erin] >")
+    })
+    .await;
+    tmux.keys(&["-l", "/quit"]);
+    tmux.keys(&["Enter"]);
+    // A port nothing listens on: bound, then freed.
+    let free = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = free.local_addr().unwrap().port();
+    drop(free);
+    tmux.wait_for("the shell", |p| Tmux::last_line(p) == "$")
+        .await;
+    tmux.keys(&[
+        "-l",
+        &format!(
+            "NO_COLOR=1 {} --url ws://127.0.0.1:{port}; echo status=$?",
+            env!("CARGO_BIN_EXE_client")
+        ),
+    ]);
+    tmux.keys(&["Enter"]);
+    let pane = tmux.wait_for("the error", |p| p.contains("status=1")).await;
+    let lines: Vec<&str> = pane.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(
+        !lines.iter().any(|l| l.trim_end().ends_with('>')),
+        "no empty prompt is left behind:\n{pane}"
+    );
+    let error = lines
+        .iter()
+        .position(|l| l.starts_with("error: cannot connect"))
+        .unwrap_or_else(|| panic!("{pane}"));
+    assert!(lines[error - 1].contains("--url ws://127.0.0.1"), "{pane}");
+    server.shutdown().await;
+}
