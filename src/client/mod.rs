@@ -67,14 +67,40 @@ pub struct Config {
     pub reconnect: bool,
     /// Keep trying when the first connection fails, instead of giving up.
     pub wait_for_server: bool,
-    /// Extra trusted CA certificates (PEM) for `wss://`.
+    /// Extra trusted CA certificates (PEM) for `wss://`; each is also
+    /// accepted as the server's own certificate when it is exactly that.
     pub ca: Option<PathBuf>,
+    /// Sent as `Authorization: Bearer TOKEN`. Never printed (not even by
+    /// this struct's `Debug`).
+    pub token: Option<Secret>,
     /// Largest incoming message, in bytes.
     pub max_incoming: usize,
     /// First pause before reconnecting.
     pub min_backoff: Duration,
     /// Longest pause between reconnection attempts.
     pub max_backoff: Duration,
+}
+
+/// A secret string whose `Debug` does not show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps `value`.
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    /// The secret itself, for the one place that sends it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
 }
 
 impl Config {
@@ -88,6 +114,7 @@ impl Config {
             reconnect: false,
             wait_for_server: false,
             ca: None,
+            token: None,
             max_incoming: MAX_INCOMING_BYTES,
             min_backoff: MIN_BACKOFF,
             max_backoff: MAX_BACKOFF,
@@ -224,7 +251,8 @@ pub(crate) async fn drive<S: Source, O: Screen>(
     input: &mut S,
     screen: &mut O,
 ) -> anyhow::Result<()> {
-    let connector = Connector::new(&config.url, config.ca.as_deref(), config.max_incoming)?;
+    let connector = Connector::new(&config.url, config.ca.as_deref(), config.max_incoming)?
+        .with_token(config.token.as_ref().map(Secret::expose))?;
     let mut tracker = Tracker::new();
     let mut outbox = Outbox::default();
     for (cmd, arg) in [("/nick", &config.nick), ("/join", &config.room)] {

@@ -1014,3 +1014,226 @@ async fn leaving_and_failing_leave_no_stray_prompt() {
     assert!(lines[error - 1].contains("--url ws://127.0.0.1"), "{pane}");
     server.shutdown().await;
 }
+
+// ---------------------------------------------------------------------------
+// --ca: chains and pinned self-signed certificates
+
+/// A TLS front end presenting `chain` (leaf first) with `key`, and the
+/// file holding `trusted` (PEM) for `--ca`.
+struct Presented {
+    front: SocketAddr,
+    ca_file: PathBuf,
+}
+
+fn temp_path(what: &str) -> PathBuf {
+    std::env::temp_dir().join(format!(
+        "chat-test-{what}-{}-{}.pem",
+        std::process::id(),
+        fastrand_suffix()
+    ))
+}
+
+async fn present(
+    upstream: SocketAddr,
+    chain: Vec<tokio_rustls::rustls::pki_types::CertificateDer<'static>>,
+    key: tokio_rustls::rustls::pki_types::PrivateKeyDer<'static>,
+    trusted: &str,
+) -> Presented {
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let config = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+    let ca_file = temp_path("ca");
+    std::fs::write(&ca_file, trusted).unwrap();
+    Presented {
+        front: tls_front(Arc::new(config), upstream).await,
+        ca_file,
+    }
+}
+
+/// A client with `--ca` connects over `wss://` and a line gets through.
+async fn connects_with_ca(server: &TestServer, presented: &Presented) {
+    let mut watcher = Client::connect(server).await;
+    let mut carol = Driven::start(Config {
+        ca: Some(presented.ca_file.clone()),
+        ..Config::new(format!("wss://{}", presented.front))
+    });
+    let welcome = carol.line().await;
+    assert!(welcome.starts_with("* welcome"), "{welcome}");
+    carol.type_line("over tls").await;
+    let line = watcher.recv_chat().await;
+    assert!(line.ends_with(": over tls"), "{line}");
+    carol.finish().await.unwrap();
+}
+
+/// A refusal reads as a sentence: no Rust `Debug` output in it.
+fn assert_sentence(err: &str) {
+    for debug in [
+        "Other(",
+        "OtherError",
+        "CaUsedAsEndEntity",
+        "UnknownIssuer",
+        "{",
+        "Error",
+    ] {
+        assert!(!err.contains(debug), "Debug output {debug:?} in: {err}");
+    }
+}
+
+#[tokio::test]
+async fn ca_trusts_a_ca_signed_chain_and_pins_a_self_signed_ca_certificate() {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    use tokio_rustls::rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+    let server = TestServer::start().await;
+    let pkcs8 = |key: &KeyPair| PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+
+    // An rcgen CA and a leaf it signed: --ca names the CA, the server shows
+    // the leaf (normal chain validation).
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&leaf_key, &ca)
+        .unwrap();
+    let chained = present(
+        server.addr,
+        vec![leaf.der().clone(), ca.der().clone()],
+        pkcs8(&leaf_key),
+        &ca.pem(),
+    )
+    .await;
+    connects_with_ca(&server, &chained).await;
+
+    // A self-signed certificate that calls itself a CA, as `openssl req
+    // -x509` makes them: WebPKI refuses it as a server's own, the pin takes it.
+    let mut own = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+    own.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let own_key = KeyPair::generate().unwrap();
+    let own_cert = own.self_signed(&own_key).unwrap();
+    let pinned = present(
+        server.addr,
+        vec![own_cert.der().clone()],
+        pkcs8(&own_key),
+        &own_cert.pem(),
+    )
+    .await;
+    connects_with_ca(&server, &pinned).await;
+
+    // Another certificate in --ca does not vouch for it: refused, in words.
+    let url = format!("wss://{}", pinned.front);
+    let carol = Driven::start(Config {
+        ca: Some(chained.ca_file.clone()),
+        ..Config::new(url.clone())
+    });
+    let err = format!("{:#}", carol.finish().await.unwrap_err());
+    assert!(
+        err.starts_with(&format!(
+            "cannot connect to {url}: TLS failed: the server's certificate"
+        )),
+        "{err}"
+    );
+    assert!(err.contains("--ca FILE"), "{err}");
+    assert_sentence(&err);
+    for file in [&chained.ca_file, &pinned.ca_file] {
+        let _ = std::fs::remove_file(file);
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn ca_pins_a_certificate_made_by_openssl_req_x509() {
+    use tokio_rustls::rustls::pki_types::pem::PemObject as _;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let (cert, key) = (temp_path("cert"), temp_path("key"));
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        ])
+        .args([
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    if !made.is_ok_and(|s| s.success()) {
+        eprintln!("SKIPPED ca_pins_a_certificate_made_by_openssl_req_x509: no openssl");
+        return;
+    }
+    let server = TestServer::start().await;
+    let pem = std::fs::read_to_string(&cert).unwrap();
+    let presented = present(
+        server.addr,
+        vec![CertificateDer::from_pem_file(&cert).unwrap()],
+        PrivateKeyDer::from_pem_file(&key).unwrap(),
+        &pem,
+    )
+    .await;
+    connects_with_ca(&server, &presented).await;
+    for file in [&cert, &key, &presented.ca_file] {
+        let _ = std::fs::remove_file(file);
+    }
+    server.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------
+// --token
+
+#[tokio::test]
+async fn a_token_is_sent_as_bearer_and_its_absence_is_explained() {
+    use chat::client::Secret;
+    use chat::http::policy::{Policy, Token};
+    let server = TestServer::start_with(server::Config {
+        policy: Policy {
+            token: Some(Token::new("s3cret")),
+            ..Policy::default()
+        },
+        ..server::Config::default()
+    })
+    .await;
+    let with = |token: Option<&str>| Config {
+        token: token.map(Secret::new),
+        ..Config::new(server.url())
+    };
+    let mut carol = Driven::start(with(Some("s3cret")));
+    let welcome = carol.line().await;
+    assert!(welcome.starts_with("* welcome"), "{welcome}");
+    carol.finish().await.unwrap();
+
+    let err = format!(
+        "{:#}",
+        Driven::start(with(None)).finish().await.unwrap_err()
+    );
+    assert_eq!(
+        err,
+        format!(
+            "cannot connect to {}: the server needs a token: pass --token TOKEN or set CHAT_TOKEN",
+            server.url()
+        )
+    );
+    let err = format!(
+        "{:#}",
+        Driven::start(with(Some("guess")))
+            .finish()
+            .await
+            .unwrap_err()
+    );
+    assert!(
+        err.ends_with("the server refused the token (check --token or CHAT_TOKEN)"),
+        "{err}"
+    );
+    assert!(!err.contains("guess"), "the token is never printed: {err}");
+    assert!(!format!("{:?}", with(Some("s3cret"))).contains("s3cret"));
+    server.shutdown().await;
+}
