@@ -181,13 +181,23 @@ impl<'a> Status<'a> {
 struct Plain<W> {
     out: W,
     json: bool,
+    /// The reader of our output went away (`client | head`): the end the
+    /// user asked for, not a failure.
+    closed: bool,
 }
 
 impl<W: AsyncWrite + Unpin> Plain<W> {
     async fn line(&mut self, line: &str) -> io::Result<()> {
-        self.out.write_all(line.as_bytes()).await?;
-        self.out.write_all(b"\n").await?;
-        self.out.flush().await
+        let result = async {
+            self.out.write_all(line.as_bytes()).await?;
+            self.out.write_all(b"\n").await?;
+            self.out.flush().await
+        }
+        .await;
+        if let Err(e) = &result {
+            self.closed |= e.kind() == io::ErrorKind::BrokenPipe;
+        }
+        result
     }
 }
 
@@ -217,7 +227,8 @@ impl<W: AsyncWrite + Unpin> Screen for Plain<W> {
 
 /// Runs the client on plain lines: sends each `input` line, prints each
 /// event as a line on `output` (client notices too, starting with `~ `).
-/// Ends cleanly (`Ok`) when the input ends or the user quits, and with an
+/// Ends cleanly (`Ok`) when the input ends, the user quits or the output is
+/// closed (`client | head`), and with an
 /// error that is a sentence for people when the connection cannot go on.
 pub async fn run<R, W>(config: &Config, input: R, output: W) -> anyhow::Result<()>
 where
@@ -227,8 +238,14 @@ where
     let mut screen = Plain {
         out: output,
         json: config.json,
+        closed: false,
     };
-    drive(config, &mut input.lines(), &mut screen).await
+    let result = drive(config, &mut input.lines(), &mut screen).await;
+    if screen.closed {
+        // Ending here closes the connection; nobody is left to tell.
+        return Ok(());
+    }
+    result
 }
 
 /// How a connection ended.

@@ -1237,3 +1237,73 @@ async fn a_token_is_sent_as_bearer_and_its_absence_is_explained() {
     assert!(!format!("{:?}", with(Some("s3cret"))).contains("s3cret"));
     server.shutdown().await;
 }
+
+// ---------------------------------------------------------------------------
+// The binary in a pipe
+
+#[tokio::test]
+async fn a_closed_stdout_ends_the_piped_client_quietly() {
+    let server = TestServer::start().await;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_client"))
+        .args(["--url", &server.url()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // Input stays open: only the closed output can end it.
+    let _stdin = child.stdin.take();
+    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = tokio::time::timeout(WAIT, out.next_line()).await.unwrap();
+    assert!(first.unwrap().unwrap().starts_with("* welcome"));
+    // `head -n 1` is done: the reading end goes away.
+    drop(out);
+    let mut bob = Client::connect(&server).await;
+    bob.send("anyone there?").await;
+    let done = tokio::time::timeout(WAIT, child.wait_with_output())
+        .await
+        .expect("the client did not end when its output closed")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&done.stderr);
+    assert_eq!(done.status.code(), Some(0), "{stderr}");
+    assert_eq!(stderr, "", "a closed stdout is no error");
+    server.shutdown().await;
+}
+
+#[test]
+fn help_shows_the_room_default_and_never_the_token() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_client"))
+        .arg("--help")
+        .env("CHAT_TOKEN", "s3cret-in-env")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{help}");
+    assert!(help.contains("[default: #lobby]"), "{help}");
+    assert!(help.contains("--token"), "{help}");
+    assert!(!help.contains("s3cret-in-env"), "{help}");
+}
+
+#[tokio::test]
+async fn the_prompt_shows_the_room_the_nick_and_a_lost_connection() {
+    if !Tmux::available() {
+        eprintln!("SKIPPED the_prompt_shows_the_room_the_nick_and_a_lost_connection: no tmux");
+        return;
+    }
+    let server = TestServer::start().await;
+    let tmux = Tmux::start(&client_command(&server, "--nick erin --room '#rust'"));
+    tmux.wait_for("the prompt", |p| Tmux::last_line(p) == "[#rust erin] >")
+        .await;
+    tmux.keys(&["-l", "/nick ern"]);
+    tmux.keys(&["Enter"]);
+    tmux.wait_for("the new nick", |p| Tmux::last_line(p) == "[#rust ern] >")
+        .await;
+    tmux.keys(&["-l", "draft"]);
+    server.shutdown().await;
+    tmux.wait_for("the reconnecting marker", |p| {
+        Tmux::last_line(p) == "[#rust ern (reconnecting)] > draft"
+    })
+    .await;
+    tmux.keys(&["C-c"]);
+}
