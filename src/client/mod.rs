@@ -10,11 +10,13 @@
 //! - [`sanitize`]: makes peer-controlled text safe for a terminal;
 //! - [`render`]: plain and styled lines;
 //! - [`editor`]: the line being typed and what each key does to it;
+//! - [`complete`]: Tab completion of nicknames, commands and rooms;
 //! - [`terminal`]: the interactive front end (raw mode, keys, the prompt
 //!   row, lines printed above it, Ctrl+Z);
 //! - this module: the engine that ties them together, driven by any line
 //!   source and any screen, so tests run the same code as the binary.
 
+pub mod complete;
 pub mod connect;
 pub mod editor;
 pub mod render;

@@ -26,6 +26,7 @@ use crossterm::{cursor, queue, style::Print};
 use futures_util::StreamExt as _;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
+use super::complete::{complete, Completion, Known};
 use super::editor::{Action, Editor};
 use super::render::{self, Level};
 use super::sanitize::sanitize;
@@ -63,6 +64,8 @@ pub(crate) fn prompt(status: &Status<'_>) -> String {
 /// The terminal's state shared by the key reader and the printer.
 struct Ui {
     editor: Editor,
+    /// Names for Tab completion.
+    known: Known,
     prompt: String,
     width: u16,
     color: bool,
@@ -191,7 +194,19 @@ impl Keys {
         let mut ui = self.ui.borrow_mut();
         match event {
             Event::Key(key) => match ui.editor.key(key) {
-                Action::Nothing | Action::Complete => {}
+                Action::Nothing => {}
+                Action::Complete => match complete(&ui.editor.before_cursor(), &ui.known) {
+                    Completion::None => {}
+                    Completion::Replace(text) => {
+                        ui.editor.replace_before_cursor(&text);
+                        ui.draw()?;
+                    }
+                    Completion::Choices(choices) => {
+                        let line =
+                            ui.styled(&render::rich_notice(Level::Info, &choices.join("  ")));
+                        ui.above(&line)?;
+                    }
+                },
                 Action::Redraw => ui.draw()?,
                 Action::Submit(line) => {
                     self.ready.push_back(line);
@@ -249,7 +264,8 @@ struct Term {
 
 impl Screen for Term {
     async fn event(&mut self, incoming: &Incoming, me: Option<SocketAddr>) -> io::Result<()> {
-        let ui = self.ui.borrow();
+        let mut ui = self.ui.borrow_mut();
+        ui.known.see(&incoming.event);
         let line = if ui.json {
             render::json_event(&incoming.raw)
         } else {
@@ -275,6 +291,7 @@ impl Screen for Term {
 
     fn status(&mut self, status: &Status<'_>) -> io::Result<()> {
         let mut ui = self.ui.borrow_mut();
+        ui.known.place(status.room, status.nick);
         let prompt = prompt(status);
         if prompt != ui.prompt {
             ui.prompt = prompt;
@@ -293,6 +310,7 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
     let width = terminal::size().map_or(80, |(w, _)| w);
     let ui = Rc::new(RefCell::new(Ui {
         editor: Editor::new(),
+        known: Known::new(),
         prompt: FIRST_PROMPT.to_string(),
         width,
         color: use_color(),

@@ -1307,3 +1307,39 @@ async fn the_prompt_shows_the_room_the_nick_and_a_lost_connection() {
     .await;
     tmux.keys(&["C-c"]);
 }
+
+#[tokio::test]
+async fn tab_completes_nicknames_commands_and_rooms() {
+    if !Tmux::available() {
+        eprintln!("SKIPPED tab_completes_nicknames_commands_and_rooms: no tmux");
+        return;
+    }
+    let server = TestServer::start().await;
+    let tmux = Tmux::start(&client_command(&server, "--nick erin"));
+    tmux.wait_for("the prompt", |p| Tmux::last_line(p) == "[#lobby erin] >")
+        .await;
+    let mut bob = Client::connect(&server).await;
+    bob.send("/nick bobby").await;
+    tmux.wait_for("bob's nick", |p| p.contains("is now known as bobby"))
+        .await;
+    tmux.keys(&["-l", "bo"]);
+    tmux.keys(&["Tab"]);
+    tmux.wait_for("the completed nick", |p| {
+        Tmux::last_line(p) == "[#lobby erin] > bobby:"
+    })
+    .await;
+    tmux.keys(&["-l", "hi"]);
+    tmux.keys(&["Enter"]);
+    let got = bob.recv_until(100, |l| l.starts_with("erin (")).await;
+    assert!(got.ends_with("): bobby: hi"), "{got}");
+    tmux.keys(&["-l", "/jo"]);
+    tmux.keys(&["Tab"]);
+    tmux.keys(&["-l", "#lo"]);
+    tmux.keys(&["Tab"]);
+    tmux.wait_for("the completed command and room", |p| {
+        Tmux::last_line(p) == "[#lobby erin] > /join #lobby"
+    })
+    .await;
+    tmux.keys(&["C-c"]);
+    server.shutdown().await;
+}
