@@ -27,6 +27,9 @@ struct Args {
     /// other users can read command lines.
     #[arg(long, env = "CHAT_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// Do not ring the terminal bell when a line names you.
+    #[arg(long)]
+    no_bell: bool,
     /// Print events as the server's JSON objects, one per line.
     #[arg(long)]
     json: bool,
@@ -53,6 +56,7 @@ async fn main() {
         // The default room needs no /join (and no "left #lobby" noise).
         room: (!args.room.eq_ignore_ascii_case(chat::protocol::DEFAULT_ROOM)).then_some(args.room),
         token: args.token.map(Secret::new),
+        bell: !args.no_bell,
         reconnect: args.retry || (interactive && !args.no_reconnect),
         wait_for_server: args.retry,
         ca: args.ca,

@@ -75,6 +75,8 @@ pub struct Config {
     /// Sent as `Authorization: Bearer TOKEN`. Never printed (not even by
     /// this struct's `Debug`).
     pub token: Option<Secret>,
+    /// Ring the terminal bell when a line names us (interactive only).
+    pub bell: bool,
     /// Largest incoming message, in bytes.
     pub max_incoming: usize,
     /// First pause before reconnecting.
@@ -117,6 +119,7 @@ impl Config {
             wait_for_server: false,
             ca: None,
             token: None,
+            bell: true,
             max_incoming: MAX_INCOMING_BYTES,
             min_backoff: MIN_BACKOFF,
             max_backoff: MAX_BACKOFF,

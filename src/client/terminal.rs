@@ -70,6 +70,11 @@ struct Ui {
     width: u16,
     color: bool,
     json: bool,
+    /// Our confirmed nickname, to spot lines that name us.
+    nick: Option<String>,
+    /// Ring the terminal bell on a mention (off with `--no-bell`).
+    bell: bool,
+    days: render::Days,
 }
 
 impl Ui {
@@ -265,13 +270,26 @@ struct Term {
 impl Screen for Term {
     async fn event(&mut self, incoming: &Incoming, me: Option<SocketAddr>) -> io::Result<()> {
         let mut ui = self.ui.borrow_mut();
-        ui.known.see(&incoming.event);
-        let line = if ui.json {
-            render::json_event(&incoming.raw)
-        } else {
-            ui.styled(&render::rich_event(&incoming.event, me))
-        };
-        ui.above(&line)
+        let event = &incoming.event;
+        ui.known.see(event);
+        if ui.json {
+            return ui.above(&render::json_event(&incoming.raw));
+        }
+        if let Some(date) = ui.days.before(event) {
+            let date = ui.styled(&date);
+            ui.above(&date)?;
+        }
+        let nick = ui.nick.as_deref();
+        let line = ui.styled(&render::rich_event(event, me, nick));
+        // Replayed history is not news: highlighted, but silent.
+        let ring = ui.bell && !render::is_history(event) && render::mentions_me(event, me, nick);
+        ui.above(&line)?;
+        if ring {
+            let mut out = io::stdout();
+            out.write_all(b"\x07")?;
+            out.flush()?;
+        }
+        Ok(())
     }
 
     async fn unknown(&mut self, raw: &str) -> io::Result<()> {
@@ -284,7 +302,11 @@ impl Screen for Term {
     }
 
     async fn notice(&mut self, level: Level, text: &str) -> io::Result<()> {
-        let ui = self.ui.borrow();
+        let mut ui = self.ui.borrow_mut();
+        if let Some(date) = ui.days.now() {
+            let date = ui.styled(&date);
+            ui.above(&date)?;
+        }
         let line = ui.styled(&render::rich_notice(level, text));
         ui.above(&line)
     }
@@ -292,6 +314,7 @@ impl Screen for Term {
     fn status(&mut self, status: &Status<'_>) -> io::Result<()> {
         let mut ui = self.ui.borrow_mut();
         ui.known.place(status.room, status.nick);
+        ui.nick = status.nick.map(str::to_string);
         let prompt = prompt(status);
         if prompt != ui.prompt {
             ui.prompt = prompt;
@@ -315,6 +338,9 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
         width,
         color: use_color(),
         json: config.json,
+        nick: None,
+        bell: config.bell,
+        days: render::Days::new(),
     }));
     ui.borrow().draw().context("cannot write to the terminal")?;
     let mut keys = Keys {

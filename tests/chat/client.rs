@@ -1343,3 +1343,51 @@ async fn tab_completes_nicknames_commands_and_rooms() {
     tmux.keys(&["C-c"]);
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_line_naming_you_rings_the_bell_and_history_comes_under_a_header() {
+    if !Tmux::available() {
+        eprintln!(
+            "SKIPPED a_line_naming_you_rings_the_bell_and_history_comes_under_a_header: no tmux"
+        );
+        return;
+    }
+    let server = TestServer::start().await;
+    let mut bob = Client::connect(&server).await;
+    say_all(&mut bob, &["said before erin came"]).await;
+    let tmux = Tmux::start(&client_command(&server, "--nick erin"));
+    let bell = temp_path("bell");
+    tmux.run(&[
+        "set-hook",
+        "-g",
+        "alert-bell",
+        &format!("run-shell 'touch {}'", bell.display()),
+    ]);
+    let pane = tmux
+        .wait_for("the prompt", |p| Tmux::last_line(p) == "[#lobby erin] >")
+        .await;
+    let header = pane
+        .lines()
+        .position(|l| l.contains("── history of #lobby: the last 1 message ──"))
+        .unwrap_or_else(|| panic!("no history header:\n{pane}"));
+    assert!(
+        pane.lines()
+            .nth(header + 1)
+            .is_some_and(|l| l.ends_with(": said before erin came")),
+        "{pane}"
+    );
+    bob.send("lunch, Erin?").await;
+    tmux.wait_for("the mention", |p| p.contains(": lunch, Erin?"))
+        .await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !bell.exists() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the bell did not ring"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = std::fs::remove_file(&bell);
+    tmux.keys(&["C-c"]);
+    server.shutdown().await;
+}
