@@ -11,6 +11,7 @@
 //! - [`render`]: plain and styled lines;
 //! - [`editor`]: the line being typed and what each key does to it;
 //! - [`complete`]: Tab completion of nicknames, commands and rooms;
+//! - [`pace`]: keeps what we send under the server's rate limit;
 //! - [`terminal`]: the interactive front end (raw mode, keys, the prompt
 //!   row, lines printed above it, Ctrl+Z);
 //! - this module: the engine that ties them together, driven by any line
@@ -19,6 +20,7 @@
 pub mod complete;
 pub mod connect;
 pub mod editor;
+pub mod pace;
 pub mod render;
 pub mod sanitize;
 pub mod state;
@@ -37,8 +39,10 @@ use tokio_websockets::{CloseCode, Message};
 
 use crate::protocol::{parse_input, Event, Input};
 use connect::{Connector, Socket, CONNECT_TIMEOUT};
+use pace::Pacer;
 use render::Level;
 use state::{Incoming, Tracker, Welcomed};
+use tokio::time::Instant;
 
 /// The server address used when none is given.
 pub const DEFAULT_URL: &str = "ws://127.0.0.1:2000";
@@ -185,6 +189,8 @@ impl<'a> Status<'a> {
 /// Plain lines on an `AsyncWrite`: the piped client, and tests.
 struct Plain<W> {
     out: W,
+    /// Where rate-limit refusals go: they mean the pipe's job failed.
+    err: tokio::io::Stderr,
     json: bool,
     /// The reader of our output went away (`client | head`): the end the
     /// user asked for, not a failure.
@@ -208,6 +214,13 @@ impl<W: AsyncWrite + Unpin> Plain<W> {
 
 impl<W: AsyncWrite + Unpin> Screen for Plain<W> {
     async fn event(&mut self, incoming: &Incoming, _me: Option<SocketAddr>) -> io::Result<()> {
+        if let Event::Error { message } = &incoming.event {
+            if message.starts_with(crate::protocol::RATE_REFUSED) {
+                let line = render::plain_event(&incoming.event) + "\n";
+                self.err.write_all(line.as_bytes()).await?;
+                return self.err.flush().await;
+            }
+        }
         let line = if self.json {
             render::json_event(&incoming.raw)
         } else {
@@ -242,6 +255,7 @@ where
 {
     let mut screen = Plain {
         out: output,
+        err: tokio::io::stderr(),
         json: config.json,
         closed: false,
     };
@@ -250,7 +264,12 @@ where
         // Ending here closes the connection; nobody is left to tell.
         return Ok(());
     }
-    result
+    // A script must learn that not everything it sent was delivered.
+    match result?.refused {
+        0 => Ok(()),
+        1 => bail!("the server refused 1 line for going over its rate limit"),
+        n => bail!("the server refused {n} lines for going over its rate limit"),
+    }
 }
 
 /// How a connection ended.
@@ -259,6 +278,12 @@ enum Ended {
     Clean,
     /// The connection dropped; reconnecting may help.
     Lost(anyhow::Error),
+}
+
+/// How a run of the client ended, when it ended cleanly.
+pub(crate) struct Outcome {
+    /// Lines the server refused for going over its rate limit.
+    pub refused: usize,
 }
 
 /// Lines the user typed that have not reached the server yet.
@@ -272,7 +297,7 @@ pub(crate) async fn drive<S: Source, O: Screen>(
     config: &Config,
     input: &mut S,
     screen: &mut O,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Outcome> {
     let connector = Connector::new(&config.url, config.ca.as_deref(), config.max_incoming)?
         .with_token(config.token.as_ref().map(Secret::expose))?;
     let mut tracker = Tracker::new();
@@ -292,12 +317,20 @@ pub(crate) async fn drive<S: Source, O: Screen>(
             let wait = if first { None } else { Some(backoff.next()) };
             match retry(&connector, &mut backoff, wait, input, screen, &mut outbox).await? {
                 Some(ws) => ws,
-                None => return Ok(()),
+                None => {
+                    return Ok(Outcome {
+                        refused: tracker.refused(),
+                    })
+                }
             }
         };
         first = false;
         match session(&connector, ws, input, screen, &mut tracker, &mut outbox).await? {
-            Ended::Clean => return Ok(()),
+            Ended::Clean => {
+                return Ok(Outcome {
+                    refused: tracker.refused(),
+                })
+            }
             Ended::Lost(e) if config.reconnect && tracker.established() => {
                 backoff.reset();
                 screen.status(&Status::of(&tracker, false))?;
@@ -475,11 +508,16 @@ async fn session<S: Source, O: Screen>(
     let event: Event = serde_json::from_str(&raw)
         .map_err(|_| anyhow!("the server at {url} sent no welcome (is it a chat server?)"))?;
     let Event::Welcome {
-        addr, room, epoch, ..
+        addr,
+        room,
+        epoch,
+        rate,
+        ..
     } = &event
     else {
         bail!("the server at {url} sent no welcome (is it a chat server?)");
     };
+    let rate = *rate;
     let mut commands = Vec::new();
     let mut reconnected = false;
     match tracker.welcome(*addr, room, *epoch) {
@@ -509,54 +547,70 @@ async fn session<S: Source, O: Screen>(
         }
     }
     screen.status(&Status::of(tracker, true))?;
+    let mut pacer = Pacer::new(rate, Instant::now());
+    // The restoring commands go first, then the lines typed while offline,
+    // so those land in the right room under the right name. Restoring
+    // commands are not kept in the outbox: the next welcome makes new ones.
+    let mut restore: VecDeque<String> = commands.into();
     let queued = outbox.lines.len();
-    for line in commands {
-        if let Err(e) = ws.send(Message::text(line)).await {
-            return Ok(Ended::Lost(lost_sending(url, e)));
-        }
-    }
-    // Lines typed while offline go after the restoring commands, so they
-    // land in the right room under the right name.
-    while let Some(line) = outbox.lines.pop_front() {
-        if let Err(e) = ws.send(Message::text(line.clone())).await {
-            outbox.lines.push_front(line);
-            return Ok(Ended::Lost(lost_sending(url, e)));
-        }
-    }
-    if reconnected && queued > 0 {
-        let s = if queued == 1 { "" } else { "s" };
-        screen
-            .notice(
-                Level::Info,
-                &format!("sent {queued} line{s} typed while disconnected"),
-            )
-            .await?;
-    }
+    // Counts down the lines typed offline; at 0 the user is told.
+    let mut untold = (reconnected && queued > 0).then_some(restore.len() + queued);
     let mut quitting = false;
+    let mut input_ended = false;
+    // Each turn sends one line, takes one typed line or handles one frame.
     loop {
+        if input_ended && !quitting && restore.is_empty() && outbox.lines.is_empty() {
+            close(ws, screen, tracker).await?;
+            return Ok(Ended::Clean);
+        }
+        let pending = !quitting && (!restore.is_empty() || !outbox.lines.is_empty());
+        let send_at = Instant::now() + pacer.delay(Instant::now());
+        // A pipe is read no faster than it is sent: memory stays bounded.
+        let reading = !input_ended && !quitting && outbox.lines.len() < MAX_QUEUED_LINES;
         tokio::select! {
-            line = input.next_line() => match line {
-                Ok(Some(line)) => {
-                    match parse_input(&line) {
-                        Input::Empty => continue,
-                        Input::Command { name, .. } if name.eq_ignore_ascii_case("quit") => {
-                            quitting = true;
-                        }
-                        _ => {}
+            () = tokio::time::sleep_until(send_at), if pending => {
+                let (line, restoring) = match restore.pop_front() {
+                    Some(line) => (line, true),
+                    None => match outbox.lines.pop_front() {
+                        Some(line) => (line, false),
+                        None => continue,
+                    },
+                };
+                let is_quit = matches!(parse_input(&line),
+                    Input::Command { name, .. } if name.eq_ignore_ascii_case("quit"));
+                pacer.sent(Instant::now());
+                if let Err(e) = ws.send(Message::text(line.clone())).await {
+                    if is_quit {
+                        return Ok(Ended::Clean);
                     }
-                    if let Err(e) = ws.send(Message::text(line.clone())).await {
-                        if quitting {
-                            return Ok(Ended::Clean);
-                        }
+                    if !restoring {
                         // Not lost: it goes out after reconnecting.
-                        outbox.lines.push_back(line);
-                        return Ok(Ended::Lost(lost_sending(url, e)));
+                        outbox.lines.push_front(line);
+                    }
+                    return Ok(Ended::Lost(lost_sending(url, e)));
+                }
+                quitting = is_quit;
+                if let Some(left) = &mut untold {
+                    *left -= 1;
+                    if *left == 0 {
+                        untold = None;
+                        let s = if queued == 1 { "" } else { "s" };
+                        screen
+                            .notice(
+                                Level::Info,
+                                &format!("sent {queued} line{s} typed while disconnected"),
+                            )
+                            .await?;
                     }
                 }
-                Ok(None) => {
-                    close(ws, screen, tracker).await?;
-                    return Ok(Ended::Clean);
+            }
+            line = input.next_line(), if reading => match line {
+                Ok(Some(line)) => {
+                    if !matches!(parse_input(&line), Input::Empty) {
+                        outbox.lines.push_back(line);
+                    }
                 }
+                Ok(None) => input_ended = true,
                 Err(e) => bail!("cannot read input: {e}"),
             },
             frame = ws.next() => {

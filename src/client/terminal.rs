@@ -354,7 +354,8 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
     let result = drive(config, &mut keys, &mut screen).await;
     let _ = ui.borrow().clear_row();
     drop(raw);
-    result
+    // Refusals were shown where they happened; the user saw them.
+    result.map(|_| ())
 }
 
 #[cfg(test)]

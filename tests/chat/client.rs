@@ -423,6 +423,7 @@ async fn hostile_server(events: Vec<String>) -> SocketAddr {
             room: "#lobby".into(),
             online: 1,
             epoch: 1,
+            rate: None,
         };
         let _ = ws.send(Message::text(welcome.to_json())).await;
         for event in events {
@@ -1390,4 +1391,129 @@ async fn a_line_naming_you_rings_the_bell_and_history_comes_under_a_header() {
     let _ = std::fs::remove_file(&bell);
     tmux.keys(&["C-c"]);
     server.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------
+// The rate limit: told in the welcome, kept by the client
+
+fn rated(per_second: u32, burst: u32) -> server::Config {
+    let mut config = server::Config::default();
+    config.session.rate = Some(chat::session::Rate { per_second, burst });
+    config
+}
+
+/// Runs the client binary in a pipe with `input` on its stdin; returns its
+/// exit code and stderr.
+async fn piped_client(url: &str, input: &str) -> (Option<i32>, String) {
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_client"))
+        .args(["--url", url])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(input.as_bytes()).await.unwrap();
+    drop(stdin);
+    let done = tokio::time::timeout(WAIT, child.wait_with_output())
+        .await
+        .expect("the piped client did not finish")
+        .unwrap();
+    (
+        done.status.code(),
+        String::from_utf8_lossy(&done.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn the_welcome_tells_the_rate_limit() {
+    let server = TestServer::start_with(rated(20, 5)).await;
+    let mut c = Client::connect_raw(&server, Some(chat::protocol::JSON_SUBPROTOCOL)).await;
+    let welcome = c.recv_json_type("welcome").await;
+    assert_eq!(
+        welcome["rate"],
+        serde_json::json!({"per_second": 20, "burst": 5}),
+        "{welcome}"
+    );
+    server.shutdown().await;
+    let unlimited = TestServer::start_with(crate::support::unlimited_rate()).await;
+    let mut c = Client::connect_raw(&unlimited, Some(chat::protocol::JSON_SUBPROTOCOL)).await;
+    let welcome = c.recv_json_type("welcome").await;
+    assert!(welcome.get("rate").is_none(), "{welcome}");
+    unlimited.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_piped_file_longer_than_the_burst_is_delivered_whole() {
+    // seq 1 30 | client, against 20 a second in bursts of 5.
+    let server = TestServer::start_with(rated(20, 5)).await;
+    let input: String = (1..=30).map(|i| format!("{i}\n")).collect();
+    let (code, stderr) = piped_client(&server.url(), &input).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(stderr, "");
+    let said: Vec<String> = history(&server, 30)
+        .await
+        .iter()
+        .filter_map(|l| l.rsplit_once(": ").map(|(_, t)| t.to_string()))
+        .collect();
+    let expected: Vec<String> = (1..=30).map(|i| i.to_string()).collect();
+    assert_eq!(said, expected);
+    server.shutdown().await;
+}
+
+/// A server that welcomes without a rate and refuses every line as over
+/// the limit (as a server whose limit changed, or an older one, might).
+async fn refusing_server() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (tcp, peer) = listener.accept().await.unwrap();
+        let builder = ServerBuilder::new()
+            .add_header(
+                SEC_WEBSOCKET_PROTOCOL,
+                HeaderValue::from_static("chat.v1.json"),
+            )
+            .unwrap();
+        let (_req, mut ws) = builder.accept(tcp).await.unwrap();
+        let welcome = Event::Welcome {
+            server: "strict".into(),
+            addr: peer,
+            room: "#lobby".into(),
+            online: 1,
+            epoch: 1,
+            rate: None,
+        };
+        let _ = ws.send(Message::text(welcome.to_json())).await;
+        while let Some(Ok(msg)) = ws.next().await {
+            if msg.is_text() {
+                let refusal = Event::Error {
+                    message: format!(
+                        "{} at most 1 messages a second (bursts of 1); this one was refused",
+                        chat::protocol::RATE_REFUSED
+                    ),
+                };
+                if ws.send(Message::text(refusal.to_json())).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn refused_lines_make_the_piped_client_fail_and_are_told_on_stderr() {
+    let addr = refusing_server().await;
+    let (code, stderr) = piped_client(&format!("ws://{addr}"), "one\ntwo\n").await;
+    assert_eq!(code, Some(1), "{stderr}");
+    let refusals = stderr
+        .lines()
+        .filter(|l| l.starts_with("! slow down:"))
+        .count();
+    assert_eq!(refusals, 2, "{stderr}");
+    assert!(
+        stderr.ends_with("error: the server refused 2 lines for going over its rate limit\n"),
+        "{stderr}"
+    );
 }
