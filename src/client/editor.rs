@@ -23,8 +23,12 @@ pub enum Action {
     Redraw,
     /// A finished line, to send. The editor is empty again.
     Submit(String),
-    /// Ctrl+C, or Ctrl+D on an empty line: leave.
-    Quit,
+    /// Ctrl+C (`broke_off`: drop what still waits to be sent), or Ctrl+D
+    /// on an empty line (send it first): leave.
+    Quit {
+        /// Ctrl+C rather than Ctrl+D.
+        broke_off: bool,
+    },
     /// Ctrl+Z: give the terminal back and stop until `fg`.
     Suspend,
     /// Tab: complete the word before the cursor.
@@ -92,10 +96,10 @@ impl Editor {
         match key.code {
             KeyCode::Enter => self.submit(),
             KeyCode::Char('j' | 'm') if ctrl => self.submit(),
-            KeyCode::Char('c') if ctrl => Action::Quit,
+            KeyCode::Char('c') if ctrl => Action::Quit { broke_off: true },
             KeyCode::Char('d') if ctrl => {
                 if self.line.is_empty() {
-                    Action::Quit
+                    Action::Quit { broke_off: false }
                 } else {
                     self.delete()
                 }
@@ -384,9 +388,9 @@ mod tests {
         e.key(press(KeyCode::Home));
         assert_eq!(e.key(ctrl('d')), Action::Redraw);
         assert_eq!(e.line(), "b");
-        assert_eq!(e.key(ctrl('c')), Action::Quit);
+        assert_eq!(e.key(ctrl('c')), Action::Quit { broke_off: true });
         let mut empty = Editor::new();
-        assert_eq!(empty.key(ctrl('d')), Action::Quit);
+        assert_eq!(empty.key(ctrl('d')), Action::Quit { broke_off: false });
         assert_eq!(empty.key(ctrl('z')), Action::Suspend);
     }
 

@@ -136,6 +136,12 @@ impl Config {
 pub(crate) trait Source {
     /// The next line, or `None` at the end of input.
     async fn next_line(&mut self) -> io::Result<Option<String>>;
+    /// Whether the input ended by the user breaking off (Ctrl+C) rather
+    /// than by running out: then lines still waiting are not sent (a paste
+    /// by mistake can be stopped), and the user is told how many.
+    fn broke_off(&self) -> bool {
+        false
+    }
 }
 
 impl<R: AsyncBufRead + Unpin> Source for tokio::io::Lines<R> {
@@ -559,6 +565,17 @@ async fn session<S: Source, O: Screen>(
     let mut input_ended = false;
     // Each turn sends one line, takes one typed line or handles one frame.
     loop {
+        if input_ended && !quitting && input.broke_off() && !outbox.lines.is_empty() {
+            let n = outbox.lines.len();
+            outbox.lines.clear();
+            let s = if n == 1 { "" } else { "s" };
+            screen
+                .notice(
+                    Level::Warn,
+                    &format!("{n} line{s} not sent: you left first"),
+                )
+                .await?;
+        }
         if input_ended && !quitting && restore.is_empty() && outbox.lines.is_empty() {
             close(ws, screen, tracker).await?;
             return Ok(Ended::Clean);

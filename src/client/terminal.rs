@@ -192,6 +192,8 @@ struct Keys {
     ready: VecDeque<String>,
     /// Ctrl+C or Ctrl+D: no more lines.
     done: bool,
+    /// It was Ctrl+C: lines still waiting to be sent are dropped.
+    broke_off: bool,
 }
 
 impl Keys {
@@ -217,7 +219,14 @@ impl Keys {
                     self.ready.push_back(line);
                     ui.draw()?;
                 }
-                Action::Quit => self.done = true,
+                Action::Quit { broke_off } => {
+                    self.done = true;
+                    self.broke_off = broke_off;
+                    // Lines finished but not yet handed over go too.
+                    if broke_off {
+                        self.ready.clear();
+                    }
+                }
                 Action::Suspend => ui.suspend()?,
                 Action::Clear => {
                     let mut out = io::stdout();
@@ -241,6 +250,10 @@ impl Keys {
 }
 
 impl Source for Keys {
+    fn broke_off(&self) -> bool {
+        self.broke_off
+    }
+
     async fn next_line(&mut self) -> io::Result<Option<String>> {
         // Bounded by the user: each turn handles one event.
         loop {
@@ -349,6 +362,7 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
         ui: ui.clone(),
         ready: VecDeque::new(),
         done: false,
+        broke_off: false,
     };
     let mut screen = Term { ui: ui.clone() };
     let result = drive(config, &mut keys, &mut screen).await;

@@ -1517,3 +1517,30 @@ async fn refused_lines_make_the_piped_client_fail_and_are_told_on_stderr() {
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn ctrl_c_stops_a_paste_that_is_still_being_paced() {
+    if !Tmux::available() {
+        eprintln!("SKIPPED ctrl_c_stops_a_paste_that_is_still_being_paced: no tmux");
+        return;
+    }
+    // 2 a second: 30 pasted lines would take 15 s to send.
+    let server = TestServer::start_with(rated(2, 2)).await;
+    let tmux = Tmux::shell().await;
+    tmux.keys(&["-l", &client_command(&server, "--nick erin")]);
+    tmux.keys(&["Enter"]);
+    tmux.wait_for("the prompt", |p| Tmux::last_line(p) == "[#lobby erin] >")
+        .await;
+    let paste: String = (1..=30).map(|i| format!("line {i}\n")).collect();
+    tmux.paste(&paste);
+    tmux.wait_for("the first line", |p| p.contains("erin: line 1"))
+        .await;
+    tmux.keys(&["C-c"]);
+    let pane = tmux
+        .wait_for("the shell, well before 15 s", |p| Tmux::last_line(p) == "$")
+        .await;
+    assert!(pane.contains("lines not sent: you left first"), "{pane}");
+    let sent = history(&server, 30).await;
+    assert!(sent.len() < 30, "{sent:#?}");
+    server.shutdown().await;
+}
