@@ -8,6 +8,7 @@
 
 use std::collections::BTreeSet;
 
+use super::sanitize::is_dangerous;
 use crate::protocol::Event;
 
 /// The commands the server knows (`/help` lists them), for completion.
@@ -53,8 +54,16 @@ impl Known {
         self.me = me.map(str::to_string);
     }
 
-    /// Learns from one shown event.
+    /// Learns from one shown event. Names holding characters a terminal
+    /// would act on are never learnt: a completion goes into the prompt row
+    /// as it is, not through the sanitiser.
     pub fn see(&mut self, event: &Event) {
+        self.learn(event);
+        self.nicks.retain(|n| safe(n));
+        self.rooms.retain(|r| safe(r));
+    }
+
+    fn learn(&mut self, event: &Event) {
         let here = |room: &str| room.eq_ignore_ascii_case(&self.room);
         match event {
             Event::Welcome { room, .. } => {
@@ -101,6 +110,10 @@ impl Known {
             .map(String::as_str)
             .filter(|n| Some(*n) != self.me.as_deref())
     }
+}
+
+fn safe(name: &str) -> bool {
+    !name.chars().any(is_dangerous)
 }
 
 /// Completes the word that ends at the cursor (`before` is the text before
@@ -266,6 +279,13 @@ mod tests {
         assert_eq!(complete("b", &k), Completion::None);
         assert_eq!(complete("c", &k), Completion::Replace("carol: ".into()));
         assert_eq!(complete("d", &k), Completion::Replace("dave: ".into()));
+        // A name a terminal would act on is never offered.
+        k.see(&Event::Nick {
+            addr: addr(8),
+            old: None,
+            new: "eve\u{1b}[2J".into(),
+        });
+        assert_eq!(complete("ev", &k), Completion::None);
         // Another room: its own names.
         k.place("#lobby", Some("erin"));
         assert_eq!(complete("d", &k), Completion::None);

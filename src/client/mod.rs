@@ -150,12 +150,6 @@ impl<R: AsyncBufRead + Unpin> Source for tokio::io::Lines<R> {
     }
 }
 
-impl Source for tokio::sync::mpsc::UnboundedReceiver<String> {
-    async fn next_line(&mut self) -> io::Result<Option<String>> {
-        Ok(self.recv().await)
-    }
-}
-
 /// Where events and notices go.
 pub(crate) trait Screen {
     /// Shows an event; `me` is our own address, to set our lines apart.
