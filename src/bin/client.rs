@@ -7,9 +7,11 @@ use clap::Parser;
 
 /// A terminal client for the WebSocket broadcast chat.
 ///
-/// On a terminal it has a line editor (arrow keys for history), colours,
-/// time stamps, and reconnects when the connection drops. In a pipe it
-/// sends each input line and prints each event as a plain line.
+/// On a terminal it has a line editor (arrow keys for history, Tab to
+/// complete nicknames, commands and rooms), a prompt saying where you are,
+/// colours, time stamps, a bell when someone names you, and reconnects when
+/// the connection drops. In a pipe it sends each input line, paced under
+/// the server's rate limit, and prints each event as a plain line.
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {

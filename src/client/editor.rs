@@ -430,6 +430,14 @@ mod tests {
         let v = long.view("> ", 20);
         assert_eq!(v.cursor, 2);
         assert!(v.text.chars().count() < 20, "{v:?}");
+        // A terminal narrower than the prompt: the prompt is cut, the line
+        // keeps a few columns, nothing reaches the last column.
+        for width in [0, 1, 2, 5, 10, 12] {
+            let v = long.view("[#a-long-room-name someone] > ", width);
+            let used: usize = v.text.chars().map(char_width).sum();
+            assert!(used < usize::from(width.max(2)), "{width}: {v:?}");
+            assert!(v.cursor < width.max(2), "{width}: {v:?}");
+        }
         // Wide characters count two columns.
         let wide = typed("日本語");
         assert_eq!(wide.view("> ", 20).cursor, 8);

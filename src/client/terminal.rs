@@ -34,7 +34,7 @@ use super::state::Incoming;
 use super::{drive, Config, Screen, Source, Status};
 
 /// The prompt before the first welcome.
-const FIRST_PROMPT: &str = "> ";
+const FIRST_PROMPT: &str = "[connecting] > ";
 
 /// Whether both ends are a terminal, so the interactive client fits.
 pub fn is_interactive() -> bool {
