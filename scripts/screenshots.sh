@@ -51,7 +51,8 @@ t split-window -v -t demo:0.0
 t split-window -v -t demo:0.2
 # After the splits: 0 top left, 1 bottom left, 2 top right, 3 bottom right.
 SERVER=0 ALICE=2 BOB=1 CAROL=3
-server_cmd="$BIN/server --addr 127.0.0.1:$PORT"
+# History in a file of its own, kept across the restart below.
+server_cmd="$BIN/server --addr 127.0.0.1:$PORT --db $WORK/chat.db"
 t send-keys -t demo:0.$SERVER "clear; $server_cmd" Enter
 wait_for $SERVER "listening on"
 
@@ -70,6 +71,8 @@ say $ALICE "lines I type are never clobbered now"
 wait_for $CAROL "never clobbered"
 say $CAROL "/me waves"
 wait_for $ALICE "carol waves"
+say $CAROL "alice: the prompt says where you are now"
+wait_for $ALICE "where you are now"
 say $ALICE "/msg bob lunch at 12:30?"
 wait_for $BOB "lunch at"
 say $BOB "/msg alice sure"
@@ -100,6 +103,29 @@ say $BOB "/join #lobby"
 say $BOB "back in the lobby"
 wait_for $ALICE "back in the lobby"
 
+# Rewrites each SGR sequence, adding grey while faint is on and the
+# foreground is the default (state kept across the lines of one pane).
+FAINT_AS_GREY='
+    BEGIN { our ($dim, $fg) = (0, 0) }
+    sub sgr {
+        my @p = length $_[0] ? split(/;/, $_[0]) : (0);
+        for (my $i = 0; $i < @p; $i++) {
+            my $x = $p[$i];
+            if ($x == 0) { ($dim, $fg) = (0, 0) }
+            elsif ($x == 2) { $dim = 1 }
+            elsif ($x == 22) { $dim = 0 }
+            elsif (($x >= 30 && $x <= 37) || ($x >= 90 && $x <= 97)) { $fg = 1 }
+            elsif ($x == 39) { $fg = 0 }
+            elsif ($x == 38 || $x == 48) {
+                $fg = 1 if $x == 38;
+                $i += (($p[$i + 1] // 0) == 5) ? 2 : 4;
+            }
+        }
+        return "\e[$_[0]m" . ($dim && !$fg ? "\e[38;5;244m" : "");
+    }
+    s/\e\[([0-9;]*)m/sgr($1)/ge;
+'
+
 # Capture every pane with its colours and lay them out as terminals.
 html=$WORK/session.html
 {
@@ -118,8 +144,12 @@ HEAD
     for pane in "$SERVER server" "$ALICE alice" "$BOB bob" "$CAROL carol"; do
         set -- $pane
         echo "<div class=term><div class=title>$2</div><pre>"
-        # aha has no faint (SGR 2, our dimmed notices): make it grey (colour 244).
-        t capture-pane -e -p -t "demo:0.$1" | sed 's/\x1b\[2m/\x1b[38;5;244m/g' \
+        # aha has no faint (SGR 2: our dimmed notices and history): show it
+        # as grey (colour 244) wherever the text has no colour of its own.
+        # tmux writes attributes only when they change (dim may start with
+        # ESC[2m or ESC[0;2m and outlive an ESC[39m), so the filter follows
+        # the SGR state rather than matching one sequence.
+        t capture-pane -e -p -t "demo:0.$1" | perl -pe "$FAINT_AS_GREY" \
             | aha --no-header --black
         echo "</pre></div>"
     done

@@ -600,6 +600,7 @@ impl Hub {
             room: DEFAULT_ROOM.to_string(),
             online: state.members.len(),
             epoch: self.epoch(),
+            rate: None, // the session fills in its own limit
         };
         Connected {
             id,

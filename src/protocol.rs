@@ -24,6 +24,20 @@ pub const TEXT_SUBPROTOCOL: &str = "chat.v1.text";
 /// The room every connection starts in.
 pub const DEFAULT_ROOM: &str = "#lobby";
 
+/// How the message refused by the rate limit begins, so a client can tell
+/// that refusal from others.
+pub const RATE_REFUSED: &str = "slow down:";
+
+/// The server's per-connection rate limit, as the welcome tells it: a
+/// token bucket of `burst` messages refilled at `per_second`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RateInfo {
+    /// Average messages per second.
+    pub per_second: u32,
+    /// Messages that may be sent at once.
+    pub burst: u32,
+}
+
 /// How events are encoded for one connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Encoding {
@@ -355,6 +369,11 @@ pub enum Event {
         /// Identifies this run of the server: sequence numbers from another
         /// epoch mean nothing here (see `/resume`).
         epoch: u64,
+        /// The rate limit on what this connection sends; absent when there
+        /// is none (and from servers older than this field). Set by the
+        /// session, which owns the limit.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rate: Option<RateInfo>,
     },
     /// A chat message in a room.
     Message(ChatLine),

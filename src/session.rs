@@ -56,7 +56,8 @@ use crate::fanout::outbox::{frame_event, Outbox};
 use crate::fanout::socket::Transport;
 use crate::hub::{History, Hub, Joined, MemberId};
 use crate::protocol::{
-    parse_command, parse_input, Command, Encoding, Event, Input, DEFAULT_HISTORY_REPLAY,
+    parse_command, parse_input, Command, Encoding, Event, Input, RateInfo, DEFAULT_HISTORY_REPLAY,
+    RATE_REFUSED,
 };
 
 /// Most room messages written in one turn before the loop looks at the
@@ -157,7 +158,14 @@ pub fn run<S>(
 where
     S: Transport,
 {
-    let connected = hub.connect_as(addr, encoding);
+    let mut connected = hub.connect_as(addr, encoding);
+    // The welcome tells the client our limit, so it can pace itself.
+    if let Event::Welcome { rate, .. } = &mut connected.welcome {
+        *rate = config.rate.map(|r| RateInfo {
+            per_second: r.per_second,
+            burst: r.burst,
+        });
+    }
     let socket = ws.get_ref().shared().cloned();
     connected
         .mailbox
@@ -515,7 +523,7 @@ where
                 let rate = limiter.rate;
                 self.reply(&Event::Error {
                     message: format!(
-                        "slow down: at most {} messages a second (bursts of {}); this one was refused",
+                        "{RATE_REFUSED} at most {} messages a second (bursts of {}); this one was refused",
                         rate.per_second, rate.burst
                     ),
                 });

@@ -2,14 +2,16 @@
 //! client on a terminal or `client::run` on stdin and stdout in a pipe.
 use std::path::PathBuf;
 
-use chat::client::{self, terminal, Config, DEFAULT_URL};
+use chat::client::{self, terminal, Config, Secret, DEFAULT_URL};
 use clap::Parser;
 
 /// A terminal client for the WebSocket broadcast chat.
 ///
-/// On a terminal it has a line editor (arrow keys for history), colours,
-/// time stamps, and reconnects when the connection drops. In a pipe it
-/// sends each input line and prints each event as a plain line.
+/// On a terminal it has a line editor (arrow keys for history, Tab to
+/// complete nicknames, commands and rooms), a prompt saying where you are,
+/// colours, time stamps, a bell when someone names you, and reconnects when
+/// the connection drops. In a pipe it sends each input line, paced under
+/// the server's rate limit, and prints each event as a plain line.
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
@@ -19,9 +21,17 @@ struct Args {
     /// Nickname to take on connecting (and again after reconnecting).
     #[arg(long, env = "CHAT_NICK")]
     nick: Option<String>,
-    /// Room to join on connecting.
-    #[arg(long, env = "CHAT_ROOM")]
-    room: Option<String>,
+    /// Room to join on connecting (the server puts everyone in #lobby first).
+    #[arg(long, env = "CHAT_ROOM", default_value = chat::protocol::DEFAULT_ROOM)]
+    room: String,
+    /// The server's token, if it asks for one: sent as
+    /// `Authorization: Bearer TOKEN`, never printed. Prefer CHAT_TOKEN, as
+    /// other users can read command lines.
+    #[arg(long, env = "CHAT_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Do not ring the terminal bell when a line names you.
+    #[arg(long)]
+    no_bell: bool,
     /// Print events as the server's JSON objects, one per line.
     #[arg(long)]
     json: bool,
@@ -32,8 +42,8 @@ struct Args {
     /// Do not reconnect when the connection drops (the default in a pipe).
     #[arg(long, conflicts_with = "retry")]
     no_reconnect: bool,
-    /// Extra CA certificates (PEM) to trust for wss://, such as a
-    /// self-signed server's certificate.
+    /// Extra certificates (PEM) to trust for wss://: CAs, or a self-signed
+    /// server's own certificate (accepted when the server shows exactly it).
     #[arg(long, value_name = "FILE")]
     ca: Option<PathBuf>,
 }
@@ -45,7 +55,10 @@ async fn main() {
     let config = Config {
         json: args.json,
         nick: args.nick,
-        room: args.room,
+        // The default room needs no /join (and no "left #lobby" noise).
+        room: (!args.room.eq_ignore_ascii_case(chat::protocol::DEFAULT_ROOM)).then_some(args.room),
+        token: args.token.map(Secret::new),
+        bell: !args.no_bell,
         reconnect: args.retry || (interactive && !args.no_reconnect),
         wait_for_server: args.retry,
         ca: args.ca,

@@ -3,6 +3,13 @@
 //!
 //! Nothing here knows about chat events or terminals; [`Connector`] hands
 //! back an open socket or a sentence saying why there is none.
+//!
+//! `--ca FILE` trusts its certificates two ways: as CAs (a server
+//! certificate they signed passes normal chain validation) and as pins (a
+//! server certificate byte for byte equal to one of them is accepted as
+//! it is). Pinning is what makes an ordinary self-signed certificate work:
+//! made the usual way (`openssl req -x509`) it says it is a CA, and WebPKI
+//! refuses a CA certificate as the server's own (`CaUsedAsEndEntity`).
 
 use std::io;
 use std::path::Path;
@@ -10,11 +17,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context as _};
-use http::header::SEC_WEBSOCKET_PROTOCOL;
+use http::header::{AUTHORIZATION, SEC_WEBSOCKET_PROTOCOL};
 use http::{HeaderValue, Uri};
+use tokio_rustls::rustls::client::danger::{
+    HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier,
+};
+use tokio_rustls::rustls::client::WebPkiServerVerifier;
+use tokio_rustls::rustls::crypto::{self, CryptoProvider};
 use tokio_rustls::rustls::pki_types::pem::PemObject as _;
-use tokio_rustls::rustls::pki_types::CertificateDer;
-use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
+use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use tokio_rustls::rustls::{
+    self, CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
+};
 use tokio_websockets::{ClientBuilder, Limits, MaybeTlsStream, WebSocketStream};
 
 use crate::protocol::JSON_SUBPROTOCOL;
@@ -32,6 +46,8 @@ pub struct Connector {
     uri: Uri,
     tls: Option<tokio_websockets::Connector>,
     max_incoming: usize,
+    /// `Authorization: Bearer ...`, marked sensitive; never printed.
+    authorization: Option<HeaderValue>,
 }
 
 impl Connector {
@@ -54,7 +70,24 @@ impl Connector {
             uri,
             tls,
             max_incoming,
+            authorization: None,
         })
+    }
+
+    /// Sends `token` as `Authorization: Bearer TOKEN` on every connection.
+    pub fn with_token(mut self, token: Option<&str>) -> anyhow::Result<Self> {
+        self.authorization = match token {
+            None => None,
+            Some(token) => {
+                // The error must not echo the token, so no `{e}` of it.
+                let mut value = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
+                    anyhow!("the token holds characters an HTTP header cannot carry (control characters or line breaks)")
+                })?;
+                value.set_sensitive(true);
+                Some(value)
+            }
+        };
+        Ok(self)
     }
 
     /// The URL as given, for messages.
@@ -74,6 +107,13 @@ impl Connector {
                 HeaderValue::from_static(JSON_SUBPROTOCOL),
             )
             .map_err(|e| anyhow!("cannot build the request: {e}"))?;
+        if let Some(value) = &self.authorization {
+            builder = builder
+                .add_header(AUTHORIZATION, value.clone())
+                .map_err(|_| {
+                    anyhow!("cannot build the request: the token is not a valid header")
+                })?;
+        }
         if let Some(tls) = &self.tls {
             builder = builder.connector(tls);
         }
@@ -85,8 +125,12 @@ impl Connector {
                     CONNECT_TIMEOUT.as_secs()
                 )
             })?;
-        let (ws, response) =
-            connected.map_err(|e| anyhow!("cannot connect to {url}: {}", explain(&e)))?;
+        let (ws, response) = connected.map_err(|e| {
+            anyhow!(
+                "cannot connect to {url}: {}",
+                explain(&e, self.authorization.is_some())
+            )
+        })?;
         let chosen = response.headers().get(SEC_WEBSOCKET_PROTOCOL);
         if chosen.map(HeaderValue::as_bytes) != Some(JSON_SUBPROTOCOL.as_bytes()) {
             bail!(
@@ -98,7 +142,7 @@ impl Connector {
 }
 
 /// TLS settings trusting the system's roots plus the PEM certificates in
-/// `ca` (for a server with a self-signed certificate).
+/// `ca`, both as CAs and as pinned server certificates.
 fn tls_connector(ca: Option<&Path>) -> anyhow::Result<tokio_rustls::TlsConnector> {
     let mut roots = RootCertStore::empty();
     // Unreadable system certificates are not fatal: --ca may be all we need,
@@ -106,36 +150,168 @@ fn tls_connector(ca: Option<&Path>) -> anyhow::Result<tokio_rustls::TlsConnector
     for cert in rustls_native_certs::load_native_certs().certs {
         let _ = roots.add(cert);
     }
+    let mut pinned = Vec::new();
     if let Some(ca) = ca {
-        let mut added = 0;
         for cert in CertificateDer::pem_file_iter(ca)
             .with_context(|| format!("cannot read the CA file {}", ca.display()))?
         {
             let cert =
                 cert.with_context(|| format!("bad certificate in the CA file {}", ca.display()))?;
-            roots
-                .add(cert)
-                .with_context(|| format!("unusable certificate in {}", ca.display()))?;
-            added += 1;
+            // A certificate that cannot be a trust anchor may still be pinned.
+            let _ = roots.add(cert.clone());
+            pinned.push(cert);
         }
-        if added == 0 {
+        if pinned.is_empty() {
             bail!("the CA file {} holds no PEM certificate", ca.display());
         }
     }
-    if roots.is_empty() {
+    if roots.is_empty() && pinned.is_empty() {
         bail!("no trusted TLS certificates found on this system; pass --ca FILE");
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let webpki = if roots.is_empty() {
+        None
+    } else {
+        Some(
+            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                .build()
+                .map_err(|e| anyhow!("cannot set up TLS certificate checks: {e}"))?,
+        )
+    };
+    let verifier = PinnedOrWebPki {
+        pinned,
+        webpki,
+        provider: provider.clone(),
+    };
     let config = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .context("cannot set up TLS")?
-        .with_root_certificates(roots)
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
         .with_no_client_auth();
     Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
 }
 
+/// Accepts a server certificate that is exactly one of the `--ca`
+/// certificates; any other goes through normal WebPKI chain validation.
+/// Either way the handshake's signatures are checked against the
+/// certificate, so a peer must hold its private key.
+#[derive(Debug)]
+struct PinnedOrWebPki {
+    pinned: Vec<CertificateDer<'static>>,
+    webpki: Option<Arc<WebPkiServerVerifier>>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for PinnedOrWebPki {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        // The user handed us this very certificate: that is the trust
+        // decision, as with an SSH host key (names and dates included).
+        if self
+            .pinned
+            .iter()
+            .any(|pin| pin.as_ref() == end_entity.as_ref())
+        {
+            return Ok(ServerCertVerified::assertion());
+        }
+        match &self.webpki {
+            Some(webpki) => webpki.verify_server_cert(
+                end_entity,
+                intermediates,
+                server_name,
+                ocsp_response,
+                now,
+            ),
+            None => Err(rustls::Error::InvalidCertificate(
+                CertificateError::UnknownIssuer,
+            )),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// A rustls error as a sentence (its `Display` is partly `Debug` output,
+/// such as `Other(OtherError(CaUsedAsEndEntity))`).
+fn explain_tls(e: &rustls::Error) -> String {
+    use rustls::Error as E;
+    let cert = match e {
+        E::InvalidCertificate(c) => c,
+        E::AlertReceived(_) => {
+            return "the server refused the TLS handshake (it sent an alert)".into()
+        }
+        E::InvalidMessage(_) | E::InappropriateMessage { .. } => {
+            return "the server does not speak TLS as expected (is it a wss:// server?)".into()
+        }
+        E::NoCertificatesPresented => return "the server presented no certificate".into(),
+        _ => return "the TLS handshake failed".into(),
+    };
+    let why = match cert {
+        CertificateError::UnknownIssuer => {
+            "the server's certificate is not signed by an authority this client trusts"
+        }
+        CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
+            "the server's certificate has expired"
+        }
+        CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
+            "the server's certificate is not valid yet (is this machine's clock right?)"
+        }
+        CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
+            "the server's certificate is for another host name"
+        }
+        CertificateError::Revoked => "the server's certificate has been revoked",
+        CertificateError::BadSignature | CertificateError::BadEncoding => {
+            "the server's certificate is damaged or badly signed"
+        }
+        CertificateError::Other(other) if other.to_string().contains("CaUsedAsEndEntity") => {
+            "the server's certificate is a CA certificate, which is refused as a server's own unless it is pinned"
+        }
+        _ => "the server's certificate was refused",
+    };
+    format!("{why} (for a self-signed server, pass its certificate with --ca FILE)")
+}
+
 /// A short human explanation of a connection error.
-fn explain(e: &tokio_websockets::Error) -> String {
+fn explain(e: &tokio_websockets::Error, sent_token: bool) -> String {
     use tokio_websockets::upgrade::Error as Upgrade;
     match e {
         tokio_websockets::Error::Io(io) => {
@@ -144,7 +320,7 @@ fn explain(e: &tokio_websockets::Error) -> String {
                 .get_ref()
                 .and_then(|inner| inner.downcast_ref::<rustls::Error>())
             {
-                return format!("TLS failed: {tls} (for a self-signed server, pass --ca FILE)");
+                return format!("TLS failed: {}", explain_tls(tls));
             }
             match io.kind() {
                 io::ErrorKind::ConnectionRefused => {
@@ -160,6 +336,12 @@ fn explain(e: &tokio_websockets::Error) -> String {
             }
         }
         tokio_websockets::Error::CannotResolveHost => "cannot resolve the host name".into(),
+        tokio_websockets::Error::Upgrade(Upgrade::DidNotSwitchProtocols(401)) if sent_token => {
+            "the server refused the token (check --token or CHAT_TOKEN)".into()
+        }
+        tokio_websockets::Error::Upgrade(Upgrade::DidNotSwitchProtocols(401)) => {
+            "the server needs a token: pass --token TOKEN or set CHAT_TOKEN".into()
+        }
         tokio_websockets::Error::Upgrade(Upgrade::DidNotSwitchProtocols(status)) => format!(
             "the server answered HTTP {status} instead of opening a WebSocket (is it a chat server?)"
         ),

@@ -9,11 +9,18 @@
 //! - [`state`]: who and where we are, and which events are news;
 //! - [`sanitize`]: makes peer-controlled text safe for a terminal;
 //! - [`render`]: plain and styled lines;
-//! - [`terminal`]: the interactive front end (line editor, printer);
+//! - [`editor`]: the line being typed and what each key does to it;
+//! - [`complete`]: Tab completion of nicknames, commands and rooms;
+//! - [`pace`]: keeps what we send under the server's rate limit;
+//! - [`terminal`]: the interactive front end (raw mode, keys, the prompt
+//!   row, lines printed above it, Ctrl+Z);
 //! - this module: the engine that ties them together, driven by any line
 //!   source and any screen, so tests run the same code as the binary.
 
+pub mod complete;
 pub mod connect;
+pub mod editor;
+pub mod pace;
 pub mod render;
 pub mod sanitize;
 pub mod state;
@@ -32,8 +39,10 @@ use tokio_websockets::{CloseCode, Message};
 
 use crate::protocol::{parse_input, Event, Input};
 use connect::{Connector, Socket, CONNECT_TIMEOUT};
+use pace::Pacer;
 use render::Level;
 use state::{Incoming, Tracker, Welcomed};
+use tokio::time::Instant;
 
 /// The server address used when none is given.
 pub const DEFAULT_URL: &str = "ws://127.0.0.1:2000";
@@ -64,14 +73,42 @@ pub struct Config {
     pub reconnect: bool,
     /// Keep trying when the first connection fails, instead of giving up.
     pub wait_for_server: bool,
-    /// Extra trusted CA certificates (PEM) for `wss://`.
+    /// Extra trusted CA certificates (PEM) for `wss://`; each is also
+    /// accepted as the server's own certificate when it is exactly that.
     pub ca: Option<PathBuf>,
+    /// Sent as `Authorization: Bearer TOKEN`. Never printed (not even by
+    /// this struct's `Debug`).
+    pub token: Option<Secret>,
+    /// Ring the terminal bell when a line names us (interactive only).
+    pub bell: bool,
     /// Largest incoming message, in bytes.
     pub max_incoming: usize,
     /// First pause before reconnecting.
     pub min_backoff: Duration,
     /// Longest pause between reconnection attempts.
     pub max_backoff: Duration,
+}
+
+/// A secret string whose `Debug` does not show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps `value`.
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    /// The secret itself, for the one place that sends it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
 }
 
 impl Config {
@@ -85,6 +122,8 @@ impl Config {
             reconnect: false,
             wait_for_server: false,
             ca: None,
+            token: None,
+            bell: true,
             max_incoming: MAX_INCOMING_BYTES,
             min_backoff: MIN_BACKOFF,
             max_backoff: MAX_BACKOFF,
@@ -97,17 +136,17 @@ impl Config {
 pub(crate) trait Source {
     /// The next line, or `None` at the end of input.
     async fn next_line(&mut self) -> io::Result<Option<String>>;
+    /// Whether the input ended by the user breaking off (Ctrl+C) rather
+    /// than by running out: then lines still waiting are not sent (a paste
+    /// by mistake can be stopped), and the user is told how many.
+    fn broke_off(&self) -> bool {
+        false
+    }
 }
 
 impl<R: AsyncBufRead + Unpin> Source for tokio::io::Lines<R> {
     async fn next_line(&mut self) -> io::Result<Option<String>> {
         tokio::io::Lines::next_line(self).await
-    }
-}
-
-impl Source for tokio::sync::mpsc::UnboundedReceiver<String> {
-    async fn next_line(&mut self) -> io::Result<Option<String>> {
-        Ok(self.recv().await)
     }
 }
 
@@ -119,24 +158,69 @@ pub(crate) trait Screen {
     async fn unknown(&mut self, raw: &str) -> io::Result<()>;
     /// Shows a notice of the client's own (connection lost, reconnected).
     async fn notice(&mut self, level: Level, text: &str) -> io::Result<()>;
+    /// Where we are now: called after every change the engine sees, so a
+    /// prompt can show it. Plain lines have no prompt.
+    fn status(&mut self, _status: &Status<'_>) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Where the client is, for a prompt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Status<'a> {
+    /// The room we are in (or were in, while reconnecting).
+    pub room: &'a str,
+    /// Our confirmed nickname.
+    pub nick: Option<&'a str>,
+    /// Whether a connection is up.
+    pub connected: bool,
+}
+
+impl<'a> Status<'a> {
+    fn of(tracker: &'a Tracker, connected: bool) -> Self {
+        Status {
+            room: tracker.room(),
+            nick: tracker.nick(),
+            connected,
+        }
+    }
 }
 
 /// Plain lines on an `AsyncWrite`: the piped client, and tests.
 struct Plain<W> {
     out: W,
+    /// Where rate-limit refusals go: they mean the pipe's job failed.
+    err: tokio::io::Stderr,
     json: bool,
+    /// The reader of our output went away (`client | head`): the end the
+    /// user asked for, not a failure.
+    closed: bool,
 }
 
 impl<W: AsyncWrite + Unpin> Plain<W> {
     async fn line(&mut self, line: &str) -> io::Result<()> {
-        self.out.write_all(line.as_bytes()).await?;
-        self.out.write_all(b"\n").await?;
-        self.out.flush().await
+        let result = async {
+            self.out.write_all(line.as_bytes()).await?;
+            self.out.write_all(b"\n").await?;
+            self.out.flush().await
+        }
+        .await;
+        if let Err(e) = &result {
+            self.closed |= e.kind() == io::ErrorKind::BrokenPipe;
+        }
+        result
     }
 }
 
 impl<W: AsyncWrite + Unpin> Screen for Plain<W> {
     async fn event(&mut self, incoming: &Incoming, _me: Option<SocketAddr>) -> io::Result<()> {
+        if let Event::Error { message } = &incoming.event {
+            if message.starts_with(crate::protocol::RATE_REFUSED) {
+                let line = render::plain_event(&incoming.event) + "\n";
+                self.err.write_all(line.as_bytes()).await?;
+                return self.err.flush().await;
+            }
+        }
         let line = if self.json {
             render::json_event(&incoming.raw)
         } else {
@@ -161,7 +245,8 @@ impl<W: AsyncWrite + Unpin> Screen for Plain<W> {
 
 /// Runs the client on plain lines: sends each `input` line, prints each
 /// event as a line on `output` (client notices too, starting with `~ `).
-/// Ends cleanly (`Ok`) when the input ends or the user quits, and with an
+/// Ends cleanly (`Ok`) when the input ends, the user quits or the output is
+/// closed (`client | head`), and with an
 /// error that is a sentence for people when the connection cannot go on.
 pub async fn run<R, W>(config: &Config, input: R, output: W) -> anyhow::Result<()>
 where
@@ -170,9 +255,21 @@ where
 {
     let mut screen = Plain {
         out: output,
+        err: tokio::io::stderr(),
         json: config.json,
+        closed: false,
     };
-    drive(config, &mut input.lines(), &mut screen).await
+    let result = drive(config, &mut input.lines(), &mut screen).await;
+    if screen.closed {
+        // Ending here closes the connection; nobody is left to tell.
+        return Ok(());
+    }
+    // A script must learn that not everything it sent was delivered.
+    match result?.refused {
+        0 => Ok(()),
+        1 => bail!("the server refused 1 line for going over its rate limit"),
+        n => bail!("the server refused {n} lines for going over its rate limit"),
+    }
 }
 
 /// How a connection ended.
@@ -181,6 +278,12 @@ enum Ended {
     Clean,
     /// The connection dropped; reconnecting may help.
     Lost(anyhow::Error),
+}
+
+/// How a run of the client ended, when it ended cleanly.
+pub(crate) struct Outcome {
+    /// Lines the server refused for going over its rate limit.
+    pub refused: usize,
 }
 
 /// Lines the user typed that have not reached the server yet.
@@ -194,8 +297,9 @@ pub(crate) async fn drive<S: Source, O: Screen>(
     config: &Config,
     input: &mut S,
     screen: &mut O,
-) -> anyhow::Result<()> {
-    let connector = Connector::new(&config.url, config.ca.as_deref(), config.max_incoming)?;
+) -> anyhow::Result<Outcome> {
+    let connector = Connector::new(&config.url, config.ca.as_deref(), config.max_incoming)?
+        .with_token(config.token.as_ref().map(Secret::expose))?;
     let mut tracker = Tracker::new();
     let mut outbox = Outbox::default();
     for (cmd, arg) in [("/nick", &config.nick), ("/join", &config.room)] {
@@ -213,14 +317,23 @@ pub(crate) async fn drive<S: Source, O: Screen>(
             let wait = if first { None } else { Some(backoff.next()) };
             match retry(&connector, &mut backoff, wait, input, screen, &mut outbox).await? {
                 Some(ws) => ws,
-                None => return Ok(()),
+                None => {
+                    return Ok(Outcome {
+                        refused: tracker.refused(),
+                    })
+                }
             }
         };
         first = false;
         match session(&connector, ws, input, screen, &mut tracker, &mut outbox).await? {
-            Ended::Clean => return Ok(()),
+            Ended::Clean => {
+                return Ok(Outcome {
+                    refused: tracker.refused(),
+                })
+            }
             Ended::Lost(e) if config.reconnect && tracker.established() => {
                 backoff.reset();
+                screen.status(&Status::of(&tracker, false))?;
                 screen
                     .notice(Level::Warn, &format!("{e:#}; reconnecting"))
                     .await?;
@@ -395,11 +508,16 @@ async fn session<S: Source, O: Screen>(
     let event: Event = serde_json::from_str(&raw)
         .map_err(|_| anyhow!("the server at {url} sent no welcome (is it a chat server?)"))?;
     let Event::Welcome {
-        addr, room, epoch, ..
+        addr,
+        room,
+        epoch,
+        rate,
+        ..
     } = &event
     else {
         bail!("the server at {url} sent no welcome (is it a chat server?)");
     };
+    let rate = *rate;
     let mut commands = Vec::new();
     let mut reconnected = false;
     match tracker.welcome(*addr, room, *epoch) {
@@ -428,54 +546,82 @@ async fn session<S: Source, O: Screen>(
             reconnected = true;
         }
     }
+    screen.status(&Status::of(tracker, true))?;
+    let mut pacer = Pacer::new(rate, Instant::now());
+    // The restoring commands go first, then the lines typed while offline,
+    // so those land in the right room under the right name. Restoring
+    // commands are not kept in the outbox: the next welcome makes new ones.
+    let mut restore: VecDeque<String> = commands.into();
     let queued = outbox.lines.len();
-    for line in commands {
-        if let Err(e) = ws.send(Message::text(line)).await {
-            return Ok(Ended::Lost(lost_sending(url, e)));
-        }
-    }
-    // Lines typed while offline go after the restoring commands, so they
-    // land in the right room under the right name.
-    while let Some(line) = outbox.lines.pop_front() {
-        if let Err(e) = ws.send(Message::text(line.clone())).await {
-            outbox.lines.push_front(line);
-            return Ok(Ended::Lost(lost_sending(url, e)));
-        }
-    }
-    if reconnected && queued > 0 {
-        let s = if queued == 1 { "" } else { "s" };
-        screen
-            .notice(
-                Level::Info,
-                &format!("sent {queued} line{s} typed while disconnected"),
-            )
-            .await?;
-    }
+    // Counts down the lines typed offline; at 0 the user is told.
+    let mut untold = (reconnected && queued > 0).then_some(restore.len() + queued);
     let mut quitting = false;
+    let mut input_ended = false;
+    // Each turn sends one line, takes one typed line or handles one frame.
     loop {
+        if input_ended && !quitting && input.broke_off() && !outbox.lines.is_empty() {
+            let n = outbox.lines.len();
+            outbox.lines.clear();
+            let s = if n == 1 { "" } else { "s" };
+            screen
+                .notice(
+                    Level::Warn,
+                    &format!("{n} line{s} not sent: you left first"),
+                )
+                .await?;
+        }
+        if input_ended && !quitting && restore.is_empty() && outbox.lines.is_empty() {
+            close(ws, screen, tracker).await?;
+            return Ok(Ended::Clean);
+        }
+        let pending = !quitting && (!restore.is_empty() || !outbox.lines.is_empty());
+        let send_at = Instant::now() + pacer.delay(Instant::now());
+        // A pipe is read no faster than it is sent: memory stays bounded.
+        let reading = !input_ended && !quitting && outbox.lines.len() < MAX_QUEUED_LINES;
         tokio::select! {
-            line = input.next_line() => match line {
-                Ok(Some(line)) => {
-                    match parse_input(&line) {
-                        Input::Empty => continue,
-                        Input::Command { name, .. } if name.eq_ignore_ascii_case("quit") => {
-                            quitting = true;
-                        }
-                        _ => {}
+            () = tokio::time::sleep_until(send_at), if pending => {
+                let (line, restoring) = match restore.pop_front() {
+                    Some(line) => (line, true),
+                    None => match outbox.lines.pop_front() {
+                        Some(line) => (line, false),
+                        None => continue,
+                    },
+                };
+                let is_quit = matches!(parse_input(&line),
+                    Input::Command { name, .. } if name.eq_ignore_ascii_case("quit"));
+                pacer.sent(Instant::now());
+                if let Err(e) = ws.send(Message::text(line.clone())).await {
+                    if is_quit {
+                        return Ok(Ended::Clean);
                     }
-                    if let Err(e) = ws.send(Message::text(line.clone())).await {
-                        if quitting {
-                            return Ok(Ended::Clean);
-                        }
+                    if !restoring {
                         // Not lost: it goes out after reconnecting.
-                        outbox.lines.push_back(line);
-                        return Ok(Ended::Lost(lost_sending(url, e)));
+                        outbox.lines.push_front(line);
+                    }
+                    return Ok(Ended::Lost(lost_sending(url, e)));
+                }
+                quitting = is_quit;
+                if let Some(left) = &mut untold {
+                    *left -= 1;
+                    if *left == 0 {
+                        untold = None;
+                        let s = if queued == 1 { "" } else { "s" };
+                        screen
+                            .notice(
+                                Level::Info,
+                                &format!("sent {queued} line{s} typed while disconnected"),
+                            )
+                            .await?;
                     }
                 }
-                Ok(None) => {
-                    close(ws, screen, tracker).await?;
-                    return Ok(Ended::Clean);
+            }
+            line = input.next_line(), if reading => match line {
+                Ok(Some(line)) => {
+                    if !matches!(parse_input(&line), Input::Empty) {
+                        outbox.lines.push_back(line);
+                    }
                 }
+                Ok(None) => input_ended = true,
                 Err(e) => bail!("cannot read input: {e}"),
             },
             frame = ws.next() => {
@@ -493,6 +639,7 @@ async fn session<S: Source, O: Screen>(
                 };
                 if let Some(text) = msg.as_text() {
                     show(text, screen, tracker).await?;
+                    screen.status(&Status::of(tracker, true))?;
                 } else if msg.is_close() {
                     return Ok(closed_by_server(url, msg.as_close(), quitting));
                 }

@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 
 use anstyle::{Ansi256Color, AnsiColor, Color, Effects, Style};
-use chrono::{DateTime, Local, TimeZone as _};
+use chrono::{DateTime, Local, NaiveDate, TimeZone as _};
 
 use super::sanitize::{sanitize, sanitize_json};
 use crate::protocol::{ChatLine, Event};
@@ -113,23 +113,78 @@ fn clock(time: DateTime<Local>) -> String {
     time.format("%H:%M").to_string()
 }
 
+/// Whether `text` names `nick` as a word of its own, ignoring case: "erin:"
+/// and "hi Erin!" do, "erinyes" does not.
+pub fn names(text: &str, nick: &str) -> bool {
+    if nick.is_empty() {
+        return false;
+    }
+    let (text, nick) = (text.to_lowercase(), nick.to_lowercase());
+    let part_of_word = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || c == '_');
+    text.match_indices(&nick).any(|(i, m)| {
+        !part_of_word(text[..i].chars().next_back())
+            && !part_of_word(text[i + m.len()..].chars().next())
+    })
+}
+
+/// Whether `event` is someone else's line that names us (`nick`), or a
+/// private message to us: what is highlighted and rings the bell.
+pub fn mentions_me(event: &Event, me: Option<SocketAddr>, nick: Option<&str>) -> bool {
+    match event {
+        Event::Message(chat) | Event::Action(chat) => {
+            Some(chat.from) != me && nick.is_some_and(|n| names(&chat.text, n))
+        }
+        Event::Private { from, .. } => Some(*from) != me,
+        _ => false,
+    }
+}
+
+/// Whether `event` is replayed history rather than a live line.
+pub fn is_history(event: &Event) -> bool {
+    matches!(event, Event::Message(c) | Event::Action(c) if c.history)
+}
+
+/// The marker style of a line that names us: black on yellow, like a
+/// highlighter pen (yellow text alone is for warnings).
+fn highlight() -> Style {
+    fg(AnsiColor::Black)
+        .bg_color(Some(AnsiColor::Yellow.into()))
+        .bold()
+}
+
 /// The styled line of an event. `me` is this connection's address, so our
-/// own lines can be told apart.
-pub fn rich_event(event: &Event, me: Option<SocketAddr>) -> Line {
+/// own lines can be told apart, and `nick` our nickname, so lines that name
+/// us stand out. History (lines replayed on joining or resuming) is dimmed.
+pub fn rich_event(event: &Event, me: Option<SocketAddr>, nick: Option<&str>) -> Line {
     let mut line = Line::default();
+    let mention = mentions_me(event, me, nick);
     match event {
         Event::Message(chat) => {
             stamp(&mut line, Some(chat.ts));
             sender(&mut line, chat, me);
             line.push(Style::new(), ": ");
-            line.push(Style::new(), &chat.text);
+            let style = if mention { highlight() } else { Style::new() };
+            line.push(style, &chat.text);
         }
         Event::Action(chat) => {
             stamp(&mut line, Some(chat.ts));
             let color = sender_color(chat.nick.as_deref(), chat.from);
             line.push(fg(color), "* ");
             sender(&mut line, chat, me);
-            line.push(Style::new().italic(), &format!(" {}", chat.text));
+            let style = if mention {
+                highlight()
+            } else {
+                Style::new().italic()
+            };
+            line.push(style, &format!(" {}", chat.text));
+        }
+        Event::History { room, count } => {
+            stamp(&mut line, None);
+            let s = if *count == 1 { "" } else { "s" };
+            line.push(
+                dim(),
+                &format!("── history of {room}: the last {count} message{s} ──"),
+            );
         }
         Event::Private {
             ts,
@@ -175,13 +230,65 @@ pub fn rich_event(event: &Event, me: Option<SocketAddr>) -> Line {
             stamp(&mut line, None);
             line.push(fg(AnsiColor::Yellow).bold(), &event.to_text());
         }
-        // Presence, lists, history headers, help: system notices, dimmed.
+        // Presence, lists, help: system notices, dimmed.
         _ => {
             stamp(&mut line, None);
             line.push(dim(), &event.to_text());
         }
     }
+    if is_history(event) {
+        for (style, _) in &mut line.spans {
+            *style = style.effects(style.get_effects() | Effects::DIMMED);
+        }
+    }
     line
+}
+
+/// Notices when the day changes between one shown line and the next.
+#[derive(Debug, Default)]
+pub struct Days {
+    last: Option<NaiveDate>,
+}
+
+impl Days {
+    /// No line shown yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The date line to show before `event`, if its day is not the day of
+    /// the line before it (or, for the first line, not today).
+    pub fn before(&mut self, event: &Event) -> Option<Line> {
+        let ts = match event {
+            Event::Message(c) | Event::Action(c) => Some(c.ts),
+            Event::Private { ts, .. } => Some(*ts),
+            _ => None,
+        };
+        self.at(ts)
+    }
+
+    /// The date line to show before a line stamped now (a client notice).
+    pub fn now(&mut self) -> Option<Line> {
+        self.at(None)
+    }
+
+    fn at(&mut self, ts: Option<u64>) -> Option<Line> {
+        let time = ts
+            .and_then(|ms| i64::try_from(ms).ok())
+            .and_then(|ms| Local.timestamp_millis_opt(ms).single())
+            .unwrap_or_else(Local::now);
+        let day = time.date_naive();
+        let previous = self.last.replace(day);
+        let changed = match previous {
+            Some(previous) => previous != day,
+            None => day != Local::now().date_naive(),
+        };
+        changed.then(|| {
+            let mut line = Line::default();
+            line.push(dim(), &format!("── {} ──", day.format("%A %-d %B %Y")));
+            line
+        })
+    }
 }
 
 /// The sender of a chat line: bold in their colour; our own name black on
@@ -309,7 +416,7 @@ mod tests {
     #[test]
     fn peer_text_cannot_smuggle_escapes_into_styled_lines() {
         let ev = Event::Message(chat(1, Some("x\u{1b}[2J"), "\u{1b}]0;title\u{7}\u{9b}2J"));
-        let line = rich_event(&ev, None);
+        let line = rich_event(&ev, None, None);
         assert!(!line
             .plain()
             .chars()
@@ -327,8 +434,8 @@ mod tests {
     #[test]
     fn own_and_private_lines_differ_from_others() {
         let me = SocketAddr::from(([127, 0, 0, 1], 1));
-        let own = rich_event(&Event::Message(chat(1, Some("al"), "hi")), Some(me)).ansi();
-        let other = rich_event(&Event::Message(chat(1, Some("al"), "hi")), None).ansi();
+        let own = rich_event(&Event::Message(chat(1, Some("al"), "hi")), Some(me), None).ansi();
+        let other = rich_event(&Event::Message(chat(1, Some("al"), "hi")), None, None).ansi();
         assert_ne!(own, other);
         let private = Event::Private {
             ts: 0,
@@ -338,7 +445,82 @@ mod tests {
             to_nick: None,
             text: "psst".into(),
         };
-        let plain = rich_event(&private, Some(me)).plain();
+        let plain = rich_event(&private, Some(me), None).plain();
         assert!(plain.ends_with("[private] from bob: psst"), "{plain}");
+        assert!(mentions_me(&private, Some(me), None));
+    }
+
+    #[test]
+    fn a_line_that_names_us_is_highlighted() {
+        assert!(names("erin: look", "erin"));
+        assert!(names("hi Erin!", "erin"));
+        assert!(names("ask (erin)", "erin"));
+        assert!(!names("erinyes are here", "erin"));
+        assert!(!names("sherin", "erin"));
+        assert!(!names("anything", ""));
+        let me = SocketAddr::from(([127, 0, 0, 1], 1));
+        let from_bob = Event::Message(chat(2, Some("bob"), "erin: lunch?"));
+        let plain = Event::Message(chat(2, Some("bob"), "lunch?"));
+        assert!(mentions_me(&from_bob, Some(me), Some("erin")));
+        assert!(!mentions_me(&plain, Some(me), Some("erin")));
+        // Our own line naming ourselves is no mention.
+        let own = Event::Message(chat(1, Some("erin"), "erin here"));
+        assert!(!mentions_me(&own, Some(me), Some("erin")));
+        let marked = rich_event(&from_bob, Some(me), Some("erin")).ansi();
+        let unmarked = rich_event(&from_bob, Some(me), None).ansi();
+        assert_ne!(marked, unmarked);
+        assert!(
+            marked.contains(&highlight().render().to_string()),
+            "{marked:?}"
+        );
+    }
+
+    #[test]
+    fn history_is_dimmed_and_headed() {
+        let mut old = chat(2, Some("bob"), "before you came");
+        old.history = true;
+        let line = rich_event(&Event::Message(old), None, None);
+        assert!(line
+            .spans
+            .iter()
+            .all(|(s, _)| s.get_effects().contains(Effects::DIMMED)));
+        let live = rich_event(&Event::Message(chat(2, Some("bob"), "now")), None, None);
+        assert!(!live
+            .spans
+            .iter()
+            .all(|(s, _)| s.get_effects().contains(Effects::DIMMED)));
+        let head = rich_event(
+            &Event::History {
+                room: "#rust".into(),
+                count: 3,
+            },
+            None,
+            None,
+        );
+        assert!(head
+            .plain()
+            .ends_with("── history of #rust: the last 3 messages ──"));
+    }
+
+    #[test]
+    fn a_date_line_comes_when_the_day_changes() {
+        const DAY: u64 = 86_400_000;
+        let at = |ts: u64| {
+            let mut c = chat(2, None, "x");
+            c.ts = ts;
+            Event::Message(c)
+        };
+        let mut days = Days::new();
+        // Three days ago at noon UTC, then 10 minutes later, then two days on.
+        let now = u64::try_from(Local::now().timestamp_millis()).unwrap();
+        let start = (now / DAY - 3) * DAY + DAY / 2;
+        let first = days.before(&at(start)).expect("not today: a date line");
+        assert!(first.plain().starts_with("── ") && first.plain().ends_with(" ──"));
+        assert_eq!(days.before(&at(start + 600_000)), None);
+        let next = days.before(&at(start + 2 * DAY)).expect("a new day");
+        assert_ne!(next, first);
+        // A notice without a time stamp is today's.
+        assert!(days.before(&Event::Info { text: "x".into() }).is_some());
+        assert_eq!(days.before(&Event::Info { text: "y".into() }), None);
     }
 }

@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 
-use crate::protocol::{Event, DEFAULT_ROOM};
+use crate::protocol::{Event, DEFAULT_ROOM, RATE_REFUSED};
 
 /// Lines buffered while catching up before they are shown regardless, so a
 /// server that never answers `/resume` cannot make the client hoard.
@@ -60,6 +60,8 @@ pub struct Tracker {
     /// Highest `seq` shown per room, in the current epoch.
     seen: HashMap<String, u64>,
     catch_up: Option<CatchUp>,
+    /// Lines the server refused for going over its rate limit.
+    refused: usize,
 }
 
 impl Tracker {
@@ -87,6 +89,11 @@ impl Tracker {
     /// resume).
     pub fn established(&self) -> bool {
         self.epoch.is_some()
+    }
+
+    /// How many lines the server refused for going over its rate limit.
+    pub fn refused(&self) -> usize {
+        self.refused
     }
 
     /// Whether the client is still catching up after a reconnect.
@@ -134,6 +141,9 @@ impl Tracker {
     pub fn accept(&mut self, incoming: Incoming) -> Vec<Incoming> {
         let me = self.me;
         let mine = |addr: &SocketAddr| Some(*addr) == me;
+        if let Event::Error { message } = &incoming.event {
+            self.refused += usize::from(message.starts_with(RATE_REFUSED));
+        }
         match &incoming.event {
             Event::Nick { addr, new, .. } if mine(addr) => {
                 self.nick = Some(new.clone());

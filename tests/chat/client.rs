@@ -423,6 +423,7 @@ async fn hostile_server(events: Vec<String>) -> SocketAddr {
             room: "#lobby".into(),
             online: 1,
             epoch: 1,
+            rate: None,
         };
         let _ = ws.send(Message::text(welcome.to_json())).await;
         for event in events {
@@ -805,5 +806,741 @@ async fn interactive_input_survives_incoming_messages() {
     tmux.run(&["send-keys", "-t", "chat", "C-u", "C-d"]);
     bob.recv_until(100, |l| l.starts_with("* erin left #lobby"))
         .await;
+    server.shutdown().await;
+}
+
+impl Tmux {
+    /// A tmux server of this test's own, with `command` in its one pane.
+    fn start(command: &str) -> Self {
+        let tmux = Tmux {
+            socket: format!("chat-test-{}-{}", std::process::id(), fastrand_suffix()),
+        };
+        tmux.run(&[
+            "new-session",
+            "-d",
+            "-s",
+            "chat",
+            "-x",
+            "100",
+            "-y",
+            "20",
+            command,
+        ]);
+        tmux
+    }
+
+    /// A shell with job control in the pane (for Ctrl+Z and `fg`).
+    async fn shell() -> Self {
+        let tmux = Self::start("env PS1='$ ' bash --norc --noprofile -i");
+        tmux.wait_for("the shell", |p| Tmux::last_line(p) == "$")
+            .await;
+        tmux
+    }
+
+    fn keys(&self, keys: &[&str]) {
+        let mut args = vec!["send-keys", "-t", "chat"];
+        args.extend_from_slice(keys);
+        self.run(&args);
+    }
+
+    /// Pastes `text` as a terminal does: bracketed (`-p`), line feeds sent
+    /// as carriage returns, all of it at once.
+    fn paste(&self, text: &str) {
+        self.run(&["set-buffer", "-b", "paste", text]);
+        self.run(&["paste-buffer", "-p", "-d", "-b", "paste", "-t", "chat"]);
+    }
+
+    /// The pane's last non-empty line.
+    fn last_line(pane: &str) -> &str {
+        pane.lines()
+            .rfind(|l| !l.trim().is_empty())
+            .unwrap_or("")
+            .trim_end()
+    }
+}
+
+fn client_command(server: &TestServer, args: &str) -> String {
+    format!(
+        "NO_COLOR=1 {} --url {} {args}",
+        env!("CARGO_BIN_EXE_client"),
+        server.url()
+    )
+}
+
+/// The last `n` lines of the room as the server's `/history` tells them.
+async fn history(server: &TestServer, n: usize) -> Vec<String> {
+    let mut c = Client::connect(server).await;
+    c.send(&format!("/history {n}")).await;
+    let header = c.recv_until(100, |l| l.starts_with("* history of")).await;
+    let count: usize = header
+        .split_whitespace()
+        .find_map(|w| w.parse().ok())
+        .unwrap_or(0);
+    let mut lines = Vec::new();
+    for _ in 0..count {
+        lines.push(c.recv_text().await);
+    }
+    lines
+}
+
+#[tokio::test]
+async fn every_pasted_line_is_sent_in_order() {
+    if !Tmux::available() {
+        eprintln!("SKIPPED every_pasted_line_is_sent_in_order: tmux is not installed");
+        return;
+    }
+    let server = TestServer::start().await;
+    let tmux = Tmux::start(&client_command(&server, "--nick erin"));
+    tmux.wait_for("the prompt", |p| {
+        Tmux::last_line(p).starts_with("[#lobby erin] >")
+    })
+    .await;
+    // Half a line typed first: the paste continues it.
+    tmux.keys(&["-l", "said: "]);
+    tmux.paste("one\ntwo\nthree\nand half");
+    let pane = tmux
+        .wait_for("the pasted lines", |p| p.contains("erin: three"))
+        .await;
+    assert!(
+        Tmux::last_line(&pane).ends_with("] > and half"),
+        "the unfinished pasted line stays in the editor:\n{pane}"
+    );
+    let said: Vec<String> = history(&server, 10)
+        .await
+        .into_iter()
+        .filter(|l| l.starts_with("erin ("))
+        .map(|l| l.split_once("): ").map(|(_, t)| t.to_string()).unwrap_or(l))
+        .collect();
+    assert_eq!(said, ["said: one", "two", "three"], "{pane}");
+    // Keys for several lines arriving at once (no bracketed paste) too.
+    tmux.keys(&["C-u"]);
+    tmux.keys(&["-l", "four\rfive\rsix\r"]);
+    tmux.wait_for("the typed lines", |p| p.contains("erin: six"))
+        .await;
+    let said: Vec<String> = history(&server, 3).await;
+    assert!(
+        said[0].ends_with(": four") && said[1].ends_with(": five") && said[2].ends_with(": six"),
+        "{said:#?}"
+    );
+    tmux.keys(&["C-c"]);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn ctrl_z_then_fg_restores_the_prompt_and_the_half_typed_line() {
+    if !Tmux::available() {
+        eprintln!("SKIPPED ctrl_z_then_fg_restores_the_prompt_and_the_half_typed_line: no tmux");
+        return;
+    }
+    let server = TestServer::start().await;
+    let tmux = Tmux::shell().await;
+    tmux.keys(&["-l", &client_command(&server, "--nick erin")]);
+    tmux.keys(&["Enter"]);
+    tmux.wait_for("the prompt", |p| {
+        Tmux::last_line(p).starts_with("[#lobby erin] >")
+    })
+    .await;
+    let mut bob = Client::connect(&server).await;
+    tmux.keys(&["-l", "half"]);
+    tmux.wait_for("the typed text", |p| Tmux::last_line(p).ends_with("> half"))
+        .await;
+    tmux.keys(&["C-z"]);
+    tmux.wait_for("the shell after Ctrl+Z", |p| {
+        p.contains("Stopped") && Tmux::last_line(p) == "$"
+    })
+    .await;
+    tmux.keys(&["-l", "fg"]);
+    tmux.keys(&["Enter"]);
+    tmux.wait_for("the prompt after fg", |p| {
+        Tmux::last_line(p) == "[#lobby erin] > half"
+    })
+    .await;
+    // Raw mode is back: keys edit the line rather than being echoed.
+    tmux.keys(&["-l", " done"]);
+    tmux.keys(&["Enter"]);
+    let got = bob.recv_until(100, |l| l.contains("half")).await;
+    assert!(got.ends_with(": half done"), "{got}");
+    let pane = tmux
+        .wait_for("the echo", |p| p.contains("erin: half done"))
+        .await;
+    assert_eq!(
+        pane.matches("half done").count(),
+        1,
+        "the line is shown once:\n{pane}"
+    );
+    tmux.keys(&["C-d"]);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn leaving_and_failing_leave_no_stray_prompt() {
+    if !Tmux::available() {
+        eprintln!("SKIPPED leaving_and_failing_leave_no_stray_prompt: tmux is not installed");
+        return;
+    }
+    let server = TestServer::start().await;
+    let tmux = Tmux::shell().await;
+    tmux.keys(&["-l", &client_command(&server, "--nick erin")]);
+    tmux.keys(&["Enter"]);
+    tmux.wait_for("the prompt", |p| {
+        Tmux::last_line(p).starts_with("[#lobby erin] >")
+    })
+    .await;
+    tmux.keys(&["-l", "/quit"]);
+    tmux.keys(&["Enter"]);
+    // A port nothing listens on: bound, then freed.
+    let free = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = free.local_addr().unwrap().port();
+    drop(free);
+    tmux.wait_for("the shell", |p| Tmux::last_line(p) == "$")
+        .await;
+    tmux.keys(&[
+        "-l",
+        &format!(
+            "NO_COLOR=1 {} --url ws://127.0.0.1:{port}; echo status=$?",
+            env!("CARGO_BIN_EXE_client")
+        ),
+    ]);
+    tmux.keys(&["Enter"]);
+    let pane = tmux.wait_for("the error", |p| p.contains("status=1")).await;
+    let lines: Vec<&str> = pane.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(
+        !lines.iter().any(|l| l.trim_end().ends_with('>')),
+        "no empty prompt is left behind:\n{pane}"
+    );
+    let error = lines
+        .iter()
+        .position(|l| l.starts_with("error: cannot connect"))
+        .unwrap_or_else(|| panic!("{pane}"));
+    assert!(lines[error - 1].contains("--url ws://127.0.0.1"), "{pane}");
+    server.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------
+// --ca: chains and pinned self-signed certificates
+
+/// A TLS front end presenting `chain` (leaf first) with `key`, and the
+/// file holding `trusted` (PEM) for `--ca`.
+struct Presented {
+    front: SocketAddr,
+    ca_file: PathBuf,
+}
+
+fn temp_path(what: &str) -> PathBuf {
+    std::env::temp_dir().join(format!(
+        "chat-test-{what}-{}-{}.pem",
+        std::process::id(),
+        fastrand_suffix()
+    ))
+}
+
+async fn present(
+    upstream: SocketAddr,
+    chain: Vec<tokio_rustls::rustls::pki_types::CertificateDer<'static>>,
+    key: tokio_rustls::rustls::pki_types::PrivateKeyDer<'static>,
+    trusted: &str,
+) -> Presented {
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let config = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+    let ca_file = temp_path("ca");
+    std::fs::write(&ca_file, trusted).unwrap();
+    Presented {
+        front: tls_front(Arc::new(config), upstream).await,
+        ca_file,
+    }
+}
+
+/// A client with `--ca` connects over `wss://` and a line gets through.
+async fn connects_with_ca(server: &TestServer, presented: &Presented) {
+    let mut watcher = Client::connect(server).await;
+    let mut carol = Driven::start(Config {
+        ca: Some(presented.ca_file.clone()),
+        ..Config::new(format!("wss://{}", presented.front))
+    });
+    let welcome = carol.line().await;
+    assert!(welcome.starts_with("* welcome"), "{welcome}");
+    carol.type_line("over tls").await;
+    let line = watcher.recv_chat().await;
+    assert!(line.ends_with(": over tls"), "{line}");
+    carol.finish().await.unwrap();
+}
+
+/// A refusal reads as a sentence: no Rust `Debug` output in it.
+fn assert_sentence(err: &str) {
+    for debug in [
+        "Other(",
+        "OtherError",
+        "CaUsedAsEndEntity",
+        "UnknownIssuer",
+        "{",
+        "Error",
+    ] {
+        assert!(!err.contains(debug), "Debug output {debug:?} in: {err}");
+    }
+}
+
+#[tokio::test]
+async fn ca_trusts_a_ca_signed_chain_and_pins_a_self_signed_ca_certificate() {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    use tokio_rustls::rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+    let server = TestServer::start().await;
+    let pkcs8 = |key: &KeyPair| PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+
+    // An rcgen CA and a leaf it signed: --ca names the CA, the server shows
+    // the leaf (normal chain validation).
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&leaf_key, &ca)
+        .unwrap();
+    let chained = present(
+        server.addr,
+        vec![leaf.der().clone(), ca.der().clone()],
+        pkcs8(&leaf_key),
+        &ca.pem(),
+    )
+    .await;
+    connects_with_ca(&server, &chained).await;
+
+    // A self-signed certificate that calls itself a CA, as `openssl req
+    // -x509` makes them: WebPKI refuses it as a server's own, the pin takes it.
+    let mut own = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+    own.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let own_key = KeyPair::generate().unwrap();
+    let own_cert = own.self_signed(&own_key).unwrap();
+    let pinned = present(
+        server.addr,
+        vec![own_cert.der().clone()],
+        pkcs8(&own_key),
+        &own_cert.pem(),
+    )
+    .await;
+    connects_with_ca(&server, &pinned).await;
+
+    // Another certificate in --ca does not vouch for it: refused, in words.
+    let url = format!("wss://{}", pinned.front);
+    let carol = Driven::start(Config {
+        ca: Some(chained.ca_file.clone()),
+        ..Config::new(url.clone())
+    });
+    let err = format!("{:#}", carol.finish().await.unwrap_err());
+    assert!(
+        err.starts_with(&format!(
+            "cannot connect to {url}: TLS failed: the server's certificate"
+        )),
+        "{err}"
+    );
+    assert!(err.contains("--ca FILE"), "{err}");
+    assert_sentence(&err);
+    for file in [&chained.ca_file, &pinned.ca_file] {
+        let _ = std::fs::remove_file(file);
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn ca_pins_a_certificate_made_by_openssl_req_x509() {
+    use tokio_rustls::rustls::pki_types::pem::PemObject as _;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let (cert, key) = (temp_path("cert"), temp_path("key"));
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        ])
+        .args([
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    if !made.is_ok_and(|s| s.success()) {
+        eprintln!("SKIPPED ca_pins_a_certificate_made_by_openssl_req_x509: no openssl");
+        return;
+    }
+    let server = TestServer::start().await;
+    let pem = std::fs::read_to_string(&cert).unwrap();
+    let presented = present(
+        server.addr,
+        vec![CertificateDer::from_pem_file(&cert).unwrap()],
+        PrivateKeyDer::from_pem_file(&key).unwrap(),
+        &pem,
+    )
+    .await;
+    connects_with_ca(&server, &presented).await;
+    for file in [&cert, &key, &presented.ca_file] {
+        let _ = std::fs::remove_file(file);
+    }
+    server.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------
+// --token
+
+#[tokio::test]
+async fn a_token_is_sent_as_bearer_and_its_absence_is_explained() {
+    use chat::client::Secret;
+    use chat::http::policy::{Policy, Token};
+    let server = TestServer::start_with(server::Config {
+        policy: Policy {
+            token: Some(Token::new("s3cret")),
+            ..Policy::default()
+        },
+        ..server::Config::default()
+    })
+    .await;
+    let with = |token: Option<&str>| Config {
+        token: token.map(Secret::new),
+        ..Config::new(server.url())
+    };
+    let mut carol = Driven::start(with(Some("s3cret")));
+    let welcome = carol.line().await;
+    assert!(welcome.starts_with("* welcome"), "{welcome}");
+    carol.finish().await.unwrap();
+
+    let err = format!(
+        "{:#}",
+        Driven::start(with(None)).finish().await.unwrap_err()
+    );
+    assert_eq!(
+        err,
+        format!(
+            "cannot connect to {}: the server needs a token: pass --token TOKEN or set CHAT_TOKEN",
+            server.url()
+        )
+    );
+    let err = format!(
+        "{:#}",
+        Driven::start(with(Some("guess")))
+            .finish()
+            .await
+            .unwrap_err()
+    );
+    assert!(
+        err.ends_with("the server refused the token (check --token or CHAT_TOKEN)"),
+        "{err}"
+    );
+    assert!(!err.contains("guess"), "the token is never printed: {err}");
+    assert!(!format!("{:?}", with(Some("s3cret"))).contains("s3cret"));
+    server.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------
+// The binary in a pipe
+
+#[tokio::test]
+async fn a_closed_stdout_ends_the_piped_client_quietly() {
+    let server = TestServer::start().await;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_client"))
+        .args(["--url", &server.url()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // Input stays open: only the closed output can end it.
+    let _stdin = child.stdin.take();
+    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = tokio::time::timeout(WAIT, out.next_line()).await.unwrap();
+    assert!(first.unwrap().unwrap().starts_with("* welcome"));
+    // `head -n 1` is done: the reading end goes away.
+    drop(out);
+    let mut bob = Client::connect(&server).await;
+    bob.send("anyone there?").await;
+    let done = tokio::time::timeout(WAIT, child.wait_with_output())
+        .await
+        .expect("the client did not end when its output closed")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&done.stderr);
+    assert_eq!(done.status.code(), Some(0), "{stderr}");
+    assert_eq!(stderr, "", "a closed stdout is no error");
+    server.shutdown().await;
+}
+
+#[test]
+fn help_shows_the_room_default_and_never_the_token() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_client"))
+        .arg("--help")
+        .env("CHAT_TOKEN", "s3cret-in-env")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{help}");
+    assert!(help.contains("[default: #lobby]"), "{help}");
+    assert!(help.contains("--token"), "{help}");
+    assert!(!help.contains("s3cret-in-env"), "{help}");
+}
+
+#[tokio::test]
+async fn the_prompt_shows_the_room_the_nick_and_a_lost_connection() {
+    if !Tmux::available() {
+        eprintln!("SKIPPED the_prompt_shows_the_room_the_nick_and_a_lost_connection: no tmux");
+        return;
+    }
+    let server = TestServer::start().await;
+    let tmux = Tmux::start(&client_command(&server, "--nick erin --room '#rust'"));
+    tmux.wait_for("the prompt", |p| Tmux::last_line(p) == "[#rust erin] >")
+        .await;
+    tmux.keys(&["-l", "/nick ern"]);
+    tmux.keys(&["Enter"]);
+    tmux.wait_for("the new nick", |p| Tmux::last_line(p) == "[#rust ern] >")
+        .await;
+    tmux.keys(&["-l", "draft"]);
+    server.shutdown().await;
+    tmux.wait_for("the reconnecting marker", |p| {
+        Tmux::last_line(p) == "[#rust ern (reconnecting)] > draft"
+    })
+    .await;
+    tmux.keys(&["C-c"]);
+}
+
+#[tokio::test]
+async fn tab_completes_nicknames_commands_and_rooms() {
+    if !Tmux::available() {
+        eprintln!("SKIPPED tab_completes_nicknames_commands_and_rooms: no tmux");
+        return;
+    }
+    let server = TestServer::start().await;
+    let tmux = Tmux::start(&client_command(&server, "--nick erin"));
+    tmux.wait_for("the prompt", |p| Tmux::last_line(p) == "[#lobby erin] >")
+        .await;
+    let mut bob = Client::connect(&server).await;
+    bob.send("/nick bobby").await;
+    tmux.wait_for("bob's nick", |p| p.contains("is now known as bobby"))
+        .await;
+    tmux.keys(&["-l", "bo"]);
+    tmux.keys(&["Tab"]);
+    tmux.wait_for("the completed nick", |p| {
+        Tmux::last_line(p) == "[#lobby erin] > bobby:"
+    })
+    .await;
+    tmux.keys(&["-l", "hi"]);
+    tmux.keys(&["Enter"]);
+    let got = bob.recv_until(100, |l| l.starts_with("erin (")).await;
+    assert!(got.ends_with("): bobby: hi"), "{got}");
+    tmux.keys(&["-l", "/jo"]);
+    tmux.keys(&["Tab"]);
+    tmux.keys(&["-l", "#lo"]);
+    tmux.keys(&["Tab"]);
+    tmux.wait_for("the completed command and room", |p| {
+        Tmux::last_line(p) == "[#lobby erin] > /join #lobby"
+    })
+    .await;
+    tmux.keys(&["C-c"]);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_line_naming_you_rings_the_bell_and_history_comes_under_a_header() {
+    if !Tmux::available() {
+        eprintln!(
+            "SKIPPED a_line_naming_you_rings_the_bell_and_history_comes_under_a_header: no tmux"
+        );
+        return;
+    }
+    let server = TestServer::start().await;
+    let mut bob = Client::connect(&server).await;
+    say_all(&mut bob, &["said before erin came"]).await;
+    let tmux = Tmux::start(&client_command(&server, "--nick erin"));
+    let bell = temp_path("bell");
+    tmux.run(&[
+        "set-hook",
+        "-g",
+        "alert-bell",
+        &format!("run-shell 'touch {}'", bell.display()),
+    ]);
+    let pane = tmux
+        .wait_for("the prompt", |p| Tmux::last_line(p) == "[#lobby erin] >")
+        .await;
+    let header = pane
+        .lines()
+        .position(|l| l.contains("── history of #lobby: the last 1 message ──"))
+        .unwrap_or_else(|| panic!("no history header:\n{pane}"));
+    assert!(
+        pane.lines()
+            .nth(header + 1)
+            .is_some_and(|l| l.ends_with(": said before erin came")),
+        "{pane}"
+    );
+    bob.send("lunch, Erin?").await;
+    tmux.wait_for("the mention", |p| p.contains(": lunch, Erin?"))
+        .await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !bell.exists() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the bell did not ring"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = std::fs::remove_file(&bell);
+    tmux.keys(&["C-c"]);
+    server.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------
+// The rate limit: told in the welcome, kept by the client
+
+fn rated(per_second: u32, burst: u32) -> server::Config {
+    let mut config = server::Config::default();
+    config.session.rate = Some(chat::session::Rate { per_second, burst });
+    config
+}
+
+/// Runs the client binary in a pipe with `input` on its stdin; returns its
+/// exit code and stderr.
+async fn piped_client(url: &str, input: &str) -> (Option<i32>, String) {
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_client"))
+        .args(["--url", url])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(input.as_bytes()).await.unwrap();
+    drop(stdin);
+    let done = tokio::time::timeout(WAIT, child.wait_with_output())
+        .await
+        .expect("the piped client did not finish")
+        .unwrap();
+    (
+        done.status.code(),
+        String::from_utf8_lossy(&done.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn the_welcome_tells_the_rate_limit() {
+    let server = TestServer::start_with(rated(20, 5)).await;
+    let mut c = Client::connect_raw(&server, Some(chat::protocol::JSON_SUBPROTOCOL)).await;
+    let welcome = c.recv_json_type("welcome").await;
+    assert_eq!(
+        welcome["rate"],
+        serde_json::json!({"per_second": 20, "burst": 5}),
+        "{welcome}"
+    );
+    server.shutdown().await;
+    let unlimited = TestServer::start_with(crate::support::unlimited_rate()).await;
+    let mut c = Client::connect_raw(&unlimited, Some(chat::protocol::JSON_SUBPROTOCOL)).await;
+    let welcome = c.recv_json_type("welcome").await;
+    assert!(welcome.get("rate").is_none(), "{welcome}");
+    unlimited.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_piped_file_longer_than_the_burst_is_delivered_whole() {
+    // seq 1 30 | client, against 20 a second in bursts of 5.
+    let server = TestServer::start_with(rated(20, 5)).await;
+    let input: String = (1..=30).map(|i| format!("{i}\n")).collect();
+    let (code, stderr) = piped_client(&server.url(), &input).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(stderr, "");
+    let said: Vec<String> = history(&server, 30)
+        .await
+        .iter()
+        .filter_map(|l| l.rsplit_once(": ").map(|(_, t)| t.to_string()))
+        .collect();
+    let expected: Vec<String> = (1..=30).map(|i| i.to_string()).collect();
+    assert_eq!(said, expected);
+    server.shutdown().await;
+}
+
+/// A server that welcomes without a rate and refuses every line as over
+/// the limit (as a server whose limit changed, or an older one, might).
+async fn refusing_server() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (tcp, peer) = listener.accept().await.unwrap();
+        let builder = ServerBuilder::new()
+            .add_header(
+                SEC_WEBSOCKET_PROTOCOL,
+                HeaderValue::from_static("chat.v1.json"),
+            )
+            .unwrap();
+        let (_req, mut ws) = builder.accept(tcp).await.unwrap();
+        let welcome = Event::Welcome {
+            server: "strict".into(),
+            addr: peer,
+            room: "#lobby".into(),
+            online: 1,
+            epoch: 1,
+            rate: None,
+        };
+        let _ = ws.send(Message::text(welcome.to_json())).await;
+        while let Some(Ok(msg)) = ws.next().await {
+            if msg.is_text() {
+                let refusal = Event::Error {
+                    message: format!(
+                        "{} at most 1 messages a second (bursts of 1); this one was refused",
+                        chat::protocol::RATE_REFUSED
+                    ),
+                };
+                if ws.send(Message::text(refusal.to_json())).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn refused_lines_make_the_piped_client_fail_and_are_told_on_stderr() {
+    let addr = refusing_server().await;
+    let (code, stderr) = piped_client(&format!("ws://{addr}"), "one\ntwo\n").await;
+    assert_eq!(code, Some(1), "{stderr}");
+    let refusals = stderr
+        .lines()
+        .filter(|l| l.starts_with("! slow down:"))
+        .count();
+    assert_eq!(refusals, 2, "{stderr}");
+    assert!(
+        stderr.ends_with("error: the server refused 2 lines for going over its rate limit\n"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn ctrl_c_stops_a_paste_that_is_still_being_paced() {
+    if !Tmux::available() {
+        eprintln!("SKIPPED ctrl_c_stops_a_paste_that_is_still_being_paced: no tmux");
+        return;
+    }
+    // 2 a second: 30 pasted lines would take 15 s to send.
+    let server = TestServer::start_with(rated(2, 2)).await;
+    let tmux = Tmux::shell().await;
+    tmux.keys(&["-l", &client_command(&server, "--nick erin")]);
+    tmux.keys(&["Enter"]);
+    tmux.wait_for("the prompt", |p| Tmux::last_line(p) == "[#lobby erin] >")
+        .await;
+    let paste: String = (1..=30).map(|i| format!("line {i}\n")).collect();
+    tmux.paste(&paste);
+    tmux.wait_for("the first line", |p| p.contains("erin: line 1"))
+        .await;
+    tmux.keys(&["C-c"]);
+    let pane = tmux
+        .wait_for("the shell, well before 15 s", |p| Tmux::last_line(p) == "$")
+        .await;
+    assert!(pane.contains("lines not sent: you left first"), "{pane}");
+    let sent = history(&server, 30).await;
+    assert!(sent.len() < 30, "{sent:#?}");
     server.shutdown().await;
 }
