@@ -305,6 +305,114 @@ async fn two_browsers_and_the_terminal_client_talk_and_markup_stays_text() {
     server.shutdown().await;
 }
 
+/// Scrollback in the page: joining shows the room's recent lines, and
+/// "Earlier messages" puts the ones before them on top, in order, until
+/// the first line; then it is no longer offered.
+#[tokio::test]
+async fn earlier_messages_page_back_to_the_first_line() {
+    let Some(driver) = Driver::start().await else {
+        return;
+    };
+    let server = TestServer::start_with(crate::support::unlimited_rate()).await;
+    let mut writer = Client::connect(&server).await;
+    for i in 1..=80 {
+        writer.send(&format!("old line {i}")).await;
+    }
+    writer.recv_until(1000, |l| l.contains("old line 80")).await;
+    let page = driver.session(1000, 700).await;
+    closing(vec![page.clone()], async {
+        open(&page, server.addr).await;
+        until_logged(&page, "old line 80").await;
+        let seqs = "return [...document.querySelectorAll('#log li[data-seq]')].map(li => Number(li.dataset.seq))";
+        let shown = eval(&page, seqs).await;
+        let first = shown[0].as_u64().unwrap();
+        assert!(first > 1, "joining shows only the recent lines: {shown}");
+        let button = "return !document.getElementById('older').hidden";
+        assert_eq!(eval(&page, button).await, json!(true), "earlier messages are offered");
+        // Pages of 50 until the first line.
+        for _ in 0..3 {
+            if eval(&page, button).await != json!(true) {
+                break;
+            }
+            page.find(Locator::Id("older")).await.unwrap().click().await.unwrap();
+            until(
+                &page,
+                "an earlier page",
+                "return document.getElementById('older').disabled === false",
+            )
+            .await;
+        }
+        let shown = eval(&page, seqs).await;
+        let shown: Vec<u64> = shown
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap())
+            .collect();
+        assert_eq!(shown, (1..=80).collect::<Vec<_>>(), "every line once, in order");
+        assert_eq!(
+            eval(&page, button).await,
+            json!(false),
+            "nothing earlier than the first line"
+        );
+    })
+    .await;
+    server.shutdown().await;
+}
+
+/// History on disk: the page in a room other than the lobby goes back to
+/// it after a restart and resumes with that room's epoch (from `entered`),
+/// so it shows what was said meanwhile once, and no "restarted" warning.
+#[tokio::test]
+async fn after_a_restart_on_disk_the_page_resumes_its_room_without_loss() {
+    let Some(driver) = Driver::start().await else {
+        return;
+    };
+    let scratch = crate::durable::Scratch::new("page-resume");
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = TestServer::start_on(listener, None, crate::durable::on_disk(&scratch.db()));
+    let page = driver.session(1000, 700).await;
+    closing(vec![page.clone()], async {
+        open(&page, addr).await;
+        say(&page, "/join #rust").await;
+        until(
+            &page,
+            "the room #rust",
+            "return document.getElementById('room').textContent === '#rust'",
+        )
+        .await;
+        say(&page, "first in rust").await;
+        until_logged(&page, "first in rust").await;
+        server.shutdown().await;
+        until(
+            &page,
+            "the disconnected state",
+            "return document.getElementById('state').dataset.state !== 'connected'",
+        )
+        .await;
+        let listener = TcpListener::bind(addr).await.expect("the same port again");
+        let server = TestServer::start_on(listener, None, crate::durable::on_disk(&scratch.db()));
+        // Said while the page is still away (it retries with backoff).
+        let mut other = Client::connect(&server).await;
+        other.send("/join #rust").await;
+        other.send("said meanwhile").await;
+        other
+            .recv_until(100, |l| l.contains("said meanwhile"))
+            .await;
+        until_state(&page, "connected").await;
+        until_logged(&page, "caught up on #rust").await;
+        until_logged(&page, "said meanwhile").await;
+        let log = eval(&page, "return document.getElementById('log').innerText").await;
+        let log = log.as_str().unwrap();
+        assert!(!log.contains("restarted"), "{log}");
+        assert_eq!(log.matches("said meanwhile").count(), 1, "{log}");
+        assert_eq!(log.matches("first in rust").count(), 1, "{log}");
+        server.shutdown().await;
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn the_page_shows_a_lost_server_and_reconnects_to_its_restart_without_reloading() {
     let Some(driver) = Driver::start().await else {

@@ -14,16 +14,16 @@ use tokio::io::{AsyncBufReadExt as _, BufReader};
 use crate::support::{unlimited_rate, Client, TestServer, WAIT};
 
 /// A fresh folder for one test's database, removed when dropped.
-struct Scratch(PathBuf);
+pub struct Scratch(PathBuf);
 
 impl Scratch {
-    fn new(name: &str) -> Self {
+    pub fn new(name: &str) -> Self {
         let dir = std::env::temp_dir().join(format!("chat-test-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         Scratch(dir)
     }
-    fn db(&self) -> PathBuf {
+    pub fn db(&self) -> PathBuf {
         self.0.join("chat.db")
     }
 }
@@ -44,7 +44,7 @@ fn store_config(path: &Path) -> sqlite::Config {
     }
 }
 
-fn on_disk(path: &Path) -> Config {
+pub fn on_disk(path: &Path) -> Config {
     let mut config = unlimited_rate();
     config.db = Some(store_config(path));
     config

@@ -16,6 +16,8 @@
   // Lines kept in the page; older ones are removed from the top.
   const MAX_LINES = 2000;
   const DEFAULT_ROOM = "#lobby";
+  // Lines asked for each time "Earlier messages" is pressed.
+  const OLDER_PAGE = 50;
 
   const $ = (id) => document.getElementById(id);
   const log = $("log");
@@ -32,6 +34,7 @@
   const peopleEl = $("people");
   const side = $("side");
   const sideToggle = $("side-toggle");
+  const olderButton = $("older");
 
   let ws = null;
   let connected = false;
@@ -41,7 +44,14 @@
   let roomsTimer = null;
   let me = { addr: null, nick: null };
   let room = DEFAULT_ROOM;
-  let epoch = null;
+  let welcomed = false;
+  // Each room's epoch, as the welcome or joining it told: a room whose
+  // epoch changed lost its history, so its numbers start afresh.
+  const epochs = new Map();
+  // A page of earlier lines asked for: { room, before } until it arrives.
+  let olderPending = null;
+  // Rooms whose history this page has shown back to the beginning.
+  const noOlder = new Set();
   // The highest seq shown per room: a line at or below it is not shown
   // again (history on joining and /resume replies overlap what we have).
   const lastSeq = new Map();
@@ -120,7 +130,9 @@
       lastDay = day;
     }
     log.append(li);
-    while (log.childElementCount > MAX_LINES) log.firstElementChild.remove();
+    // Trimmed only while following the newest lines: someone reading
+    // earlier ones keeps them.
+    while (stick && log.childElementCount > MAX_LINES) log.firstElementChild.remove();
     if (stick) log.scrollTop = log.scrollHeight;
     if (document.hidden && !li.classList.contains("history")) {
       unread += 1;
@@ -144,15 +156,10 @@
     return new RegExp(`(^|[^A-Za-z0-9_-])${escaped}($|[^A-Za-z0-9_-])`, "i").test(text);
   }
 
-  function showLine(ev) {
-    const seen = lastSeq.get(ev.room) || 0;
-    const forced = batch && batch.force;
-    if (ev.seq <= seen && !forced) return;
-    if (ev.seq > seen) lastSeq.set(ev.room, ev.seq);
-    if (batch && batch.shown === 0) separator(`history of ${batch.room}`);
-    if (batch) batch.shown += 1;
+  function lineNode(ev) {
     const li = el("li", ev.type === "action" ? "action" : "message");
     li.dataset.seq = String(ev.seq);
+    li.dataset.room = ev.room;
     if (ev.history) li.classList.add("history");
     if (ev.from !== me.addr && mentions(ev.text)) li.classList.add("mention");
     li.append(el("span", "time", time(ev.ts)));
@@ -161,7 +168,65 @@
     } else {
       li.append(nickNode(ev.nick, ev.from), el("span", "addr", ` ${ev.from}`), ": ", ev.text);
     }
-    append(li, ev.ts);
+    return li;
+  }
+
+  function showLine(ev) {
+    const seen = lastSeq.get(ev.room) || 0;
+    const forced = batch && batch.force;
+    if (ev.seq <= seen && !forced) return;
+    if (ev.seq > seen) lastSeq.set(ev.room, ev.seq);
+    if (batch && batch.shown === 0) separator(`history of ${batch.room}`);
+    if (batch) batch.shown += 1;
+    append(lineNode(ev), ev.ts);
+    updateOlder();
+  }
+
+  // The oldest line of the current room in the log, if any.
+  function oldestShown() {
+    for (const li of log.querySelectorAll("li[data-seq]")) {
+      if (li.dataset.room === room) return Number(li.dataset.seq);
+    }
+    return null;
+  }
+
+  // "Earlier messages" is offered while the room's first line is not shown.
+  function updateOlder() {
+    const oldest = oldestShown();
+    const more = oldest !== null && oldest > 1 && !noOlder.has(room);
+    olderButton.hidden = !more;
+    olderButton.disabled = !connected || olderPending !== null;
+  }
+
+  function askOlder() {
+    const before = oldestShown();
+    if (before === null || olderPending !== null) return;
+    if (send(`/history ${OLDER_PAGE} before ${before}`)) {
+      olderPending = { room, before };
+      updateOlder();
+    }
+  }
+
+  // A page of earlier lines goes above what is shown, keeping the lines
+  // in view where they were.
+  function showOlder(lines) {
+    const pending = olderPending;
+    olderPending = null;
+    if (!pending) return;
+    if (lines.length === 0 || lines[0].seq <= 1) noOlder.add(pending.room);
+    if (lines.length > 0 && pending.room === room) {
+      const block = document.createDocumentFragment();
+      block.append(el("li", "separator", `earlier in ${pending.room}`));
+      for (const ev of lines) {
+        const li = lineNode(ev);
+        li.classList.add("history");
+        block.append(li);
+      }
+      const height = log.scrollHeight;
+      log.prepend(block);
+      log.scrollTop += log.scrollHeight - height;
+    }
+    updateOlder();
   }
 
   function who(nick, addr) {
@@ -201,6 +266,7 @@
       if (b.textContent.startsWith(`${name} (`)) b.setAttribute("aria-current", "true");
       else b.removeAttribute("aria-current");
     }
+    updateOlder();
   }
 
   function setState(state, text) {
@@ -209,6 +275,7 @@
     connected = state === "connected";
     sendButton.disabled = !connected;
     input.setAttribute("aria-disabled", connected ? "false" : "true");
+    updateOlder();
   }
 
   function send(line) {
@@ -222,6 +289,16 @@
   }
 
   function onEvent(ev) {
+    if (batch && batch.older && (ev.type === "message" || ev.type === "action") && ev.history) {
+      batch.lines.push(ev);
+      batch.left -= 1;
+      if (batch.left <= 0) {
+        const lines = batch.lines;
+        batch = null;
+        showOlder(lines);
+      }
+      return;
+    }
     if (batch && (ev.type === "message" || ev.type === "action") && ev.history) {
       showLine(ev);
       batch.left -= 1;
@@ -236,6 +313,14 @@
       case "action":
         return showLine(ev);
       case "history":
+        if (olderPending && ev.room === olderPending.room && forceHistory === 0) {
+          batch = { older: true, left: ev.count, lines: [] };
+          if (ev.count === 0) {
+            batch = null;
+            showOlder([]);
+          }
+          return;
+        }
         batch = { room: ev.room, left: ev.count, shown: 0, force: forceHistory > 0 };
         if (forceHistory > 0) forceHistory -= 1;
         if (ev.count === 0) batch = null;
@@ -253,6 +338,15 @@
           ev.text,
         );
         return append(li, ev.ts);
+      }
+      case "entered": {
+        const known = epochs.get(ev.room);
+        if (known !== undefined && known !== ev.epoch) {
+          lastSeq.delete(ev.room);
+          noOlder.delete(ev.room);
+        }
+        epochs.set(ev.room, ev.epoch);
+        return;
       }
       case "joined":
         if (ev.addr === me.addr) {
@@ -305,14 +399,17 @@
         if (ev.restarted) {
           return notice(`the server restarted since you were last here: what was said in ${ev.room} meanwhile is lost`);
         }
-        if (ev.replayed === 0 && ev.lost === 0) return;
+        if (ev.replayed === 0 && ev.lost === 0 && !ev.interrupted) return;
         return notice(
           `caught up on ${ev.room}: ${ev.replayed} missed messages` +
-            (ev.lost > 0 ? `; ${ev.lost} older ones could not be recovered` : ""),
+            (ev.lost > 0 ? `; ${ev.lost} older ones could not be recovered` : "") +
+            (ev.interrupted ? "; the server stopped unexpectedly meanwhile, and lines sent just before that may be missing" : ""),
         );
       case "skipped":
         return notice(`${ev.count} messages skipped (this page was too slow)`);
       case "info":
+        // The answer to "Earlier messages" when there are none.
+        if (olderPending && ev.text.startsWith("no messages before")) return showOlder([]);
         return notice(ev.text, "info");
       case "error":
         return notice(ev.message, "error");
@@ -323,10 +420,16 @@
   }
 
   function onWelcome(ev) {
-    const first = epoch === null;
-    const resumeFrom = { epoch, room, seq: lastSeq.get(room) || 0 };
-    if (!first && ev.epoch !== epoch) lastSeq.clear();
-    epoch = ev.epoch;
+    const first = !welcomed;
+    welcomed = true;
+    const resumeFrom = { epoch: epochs.get(room), room, seq: lastSeq.get(room) || 0 };
+    const known = epochs.get(ev.room);
+    if (known !== undefined && known !== ev.epoch) {
+      lastSeq.delete(ev.room);
+      noOlder.delete(ev.room);
+    }
+    epochs.set(ev.room, ev.epoch);
+    olderPending = null;
     me = { addr: ev.addr, nick: null };
     attempt = 0;
     setState("connected", "connected");
@@ -340,7 +443,9 @@
     const nick = storedNick();
     if (nick) send(`/nick ${nick}`);
     if (!first && resumeFrom.room !== ev.room) send(`/join ${resumeFrom.room}`);
-    if (!first && resumeFrom.seq > 0) send(`/resume ${resumeFrom.epoch} ${resumeFrom.seq}`);
+    if (!first && resumeFrom.seq > 0 && resumeFrom.epoch !== undefined) {
+      send(`/resume ${resumeFrom.epoch} ${resumeFrom.seq}`);
+    }
     if (first || resumeFrom.room === ev.room) {
       quietly("/who");
       quietly("/rooms");
@@ -352,7 +457,7 @@
   function connect() {
     clearTimeout(retryTimer);
     const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-    setState(epoch === null ? "connecting" : "reconnecting", epoch === null ? "connecting…" : "reconnecting…");
+    setState(welcomed ? "reconnecting" : "connecting", welcomed ? "reconnecting…" : "connecting…");
     let socket;
     try {
       // A server started with --token: open the page as /?token=SECRET
@@ -446,6 +551,8 @@
     if (name === "") return;
     if (send(`/join ${name}`)) joinInput.value = "";
   });
+
+  olderButton.addEventListener("click", askOlder);
 
   sideToggle.addEventListener("click", () => {
     const open = side.classList.toggle("open");
