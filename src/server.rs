@@ -155,9 +155,15 @@ pub async fn prepare(config: Config) -> anyhow::Result<Prepared> {
         _ => Hub::new(config.hub.clone()),
     };
     let _redis = match &config.redis {
-        Some(url) => {
-            Some(crate::store::redis_node::attach(&hub, url, config.hub.history_depth).await?)
-        }
+        Some(url) => Some(
+            crate::store::redis_node::attach(
+                &hub,
+                url,
+                config.hub.history_depth,
+                config.readiness.clone(),
+            )
+            .await?,
+        ),
         None => None,
     };
     Ok(Prepared {

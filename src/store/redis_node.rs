@@ -26,6 +26,7 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::fanout::outbox::Encoded;
+use crate::http::Readiness;
 use crate::hub::{Hub, Mailbox, Relay, UNAVAILABLE};
 use crate::protocol::{Event, DEFAULT_ROOM};
 use crate::store::redis::{Entry, Kind, RedisLog, Sink, Stored, Subscriber, DEFAULT_MAX_LEN};
@@ -74,7 +75,12 @@ impl Drop for RedisNode {
 /// on routes every room line through Redis. `history` is the hub's history
 /// depth (the stream keeps at least that, and at least
 /// [`DEFAULT_MAX_LEN`]).
-pub async fn attach(hub: &Hub, url: &str, history: usize) -> anyhow::Result<RedisNode> {
+pub async fn attach(
+    hub: &Hub,
+    url: &str,
+    history: usize,
+    readiness: Readiness,
+) -> anyhow::Result<RedisNode> {
     let log = RedisLog::connect(url, history.max(DEFAULT_MAX_LEN)).await?;
     let epoch = log
         .epoch(DEFAULT_ROOM)
@@ -92,7 +98,10 @@ pub async fn attach(hub: &Hub, url: &str, history: usize) -> anyhow::Result<Redi
         hub.clone(),
         history,
         queued,
-        down.clone(),
+        Health {
+            down: down.clone(),
+            readiness,
+        },
     ));
     hub.set_relay(
         Arc::new(RedisRelay {
@@ -204,6 +213,33 @@ async fn open(
     Ok(())
 }
 
+/// What `/readyz` names while this node cannot reach Redis.
+pub const REDIS_DOWN: &str = "Redis (the shared store is unreachable; sends are refused)";
+/// How often an idle node looks whether Redis still answers.
+const HEALTH_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Whether Redis answers, as the relay (which refuses sends at once while
+/// it does not) and `/readyz` see it.
+struct Health {
+    down: Arc<AtomicBool>,
+    readiness: Readiness,
+}
+
+impl Health {
+    fn up(&self) {
+        if self.down.swap(false, Ordering::AcqRel) {
+            self.readiness.up(REDIS_DOWN);
+        }
+    }
+
+    fn down(&self, log: &RedisLog, cause: &dyn std::fmt::Display) {
+        if !self.down.swap(true, Ordering::AcqRel) {
+            self.readiness.down(REDIS_DOWN);
+            warn!(redis = %log.addr(), error = %cause, "Redis is down; refusing lines until it is back");
+        }
+    }
+}
+
 /// The worker: opens and closes rooms, appends lines in pipelined batches,
 /// in the order they were queued.
 async fn work(
@@ -212,8 +248,9 @@ async fn work(
     hub: Hub,
     history: usize,
     mut jobs: mpsc::Receiver<Job>,
-    down: Arc<AtomicBool>,
+    health: Health,
 ) {
+    let down = &health.down;
     let mut held: Option<Job> = None;
     let mut batch: Vec<(String, Entry, Arc<Mailbox>)> = Vec::with_capacity(BATCH);
     loop {
@@ -226,15 +263,23 @@ async fn work(
                     Err(_) => {
                         if log.head(DEFAULT_ROOM).await.is_ok() {
                             info!(redis = %log.addr(), "Redis is back; taking lines again");
-                            down.store(false, Ordering::Release);
+                            health.up();
                         }
                         continue;
                     }
                 }
             }
-            None => match jobs.recv().await {
-                Some(job) => job,
-                None => return,
+            // Idle: a look at Redis now and then, so `/readyz` tells
+            // a Redis that went away even when nobody is talking.
+            None => match tokio::time::timeout(HEALTH_INTERVAL, jobs.recv()).await {
+                Ok(Some(job)) => job,
+                Ok(None) => return,
+                Err(_) => {
+                    if let Err(e) = log.head(DEFAULT_ROOM).await {
+                        health.down(&log, &e.cause());
+                    }
+                    continue;
+                }
             },
         };
         match job {
@@ -264,11 +309,9 @@ async fn work(
                     .map(|(room, entry, _)| (room.as_str(), entry))
                     .collect();
                 match log.append_many(&lines).await {
-                    Ok(_) => down.store(false, Ordering::Release),
+                    Ok(_) => health.up(),
                     Err(e) => {
-                        if !down.swap(true, Ordering::AcqRel) {
-                            warn!(redis = %log.addr(), error = %e.cause(), "Redis is down; refusing lines until it is back");
-                        }
+                        health.down(&log, &e.cause());
                         let refusal = Arc::new(Encoded::new(Event::Error {
                             message: UNAVAILABLE.to_string(),
                         }));

@@ -151,6 +151,37 @@ async fn resume_on_another_node_gets_exactly_the_missed_lines() {
     }
 }
 
+/// An idle node notices by itself that Redis went away: `/readyz` turns
+/// 503 without anyone sending, and 200 again once Redis is back.
+#[tokio::test]
+async fn redis_down_shows_in_readyz_on_an_idle_node() {
+    let Some(mut redis) = RedisServer::start() else {
+        return;
+    };
+    let server = node(&redis).await;
+    assert_eq!(crate::web::get(server.addr, "/readyz").await.status, 200);
+    redis.stop();
+    let mut status = 200;
+    for _ in 0..100 {
+        status = crate::web::get(server.addr, "/readyz").await.status;
+        if status == 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, 503, "an idle node saw Redis go within 10 s");
+    redis.restart();
+    for _ in 0..100 {
+        status = crate::web::get(server.addr, "/readyz").await.status;
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, 200, "ready again within 10 s of Redis coming back");
+    server.shutdown().await;
+}
+
 #[tokio::test]
 async fn redis_down_refuses_sends_clearly_and_chat_comes_back_with_a_new_epoch() {
     let Some(mut redis) = RedisServer::start() else {
@@ -172,6 +203,9 @@ async fn redis_down_refuses_sends_clearly_and_chat_comes_back_with_a_new_epoch()
     // Still connected: commands that need no store work.
     a.send("/who").await;
     a.recv_json_type("who").await;
+    let ready = crate::web::get(server.addr, "/readyz").await;
+    assert_eq!(ready.status, 503, "{}", ready.body);
+    assert!(ready.body.contains("Redis"), "{}", ready.body);
 
     // Redis back, empty: within 5 s lines go through again, numbered anew.
     redis.restart();
@@ -197,6 +231,7 @@ async fn redis_down_refuses_sends_clearly_and_chat_comes_back_with_a_new_epoch()
         line["seq"], 1,
         "an empty Redis starts the room again: {line}"
     );
+    assert_eq!(crate::web::get(server.addr, "/readyz").await.status, 200);
     // The new epoch is told to newcomers, and a resume across it says so.
     let (mut b, welcome) = connect_json(&server).await;
     let new_epoch = welcome["epoch"].as_u64().unwrap();

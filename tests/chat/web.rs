@@ -12,10 +12,10 @@ use tokio::net::TcpStream;
 use crate::support::{Client, TestServer, WAIT};
 
 /// One answer, read whole (the request asks the server to close).
-struct Answer {
-    status: u16,
+pub struct Answer {
+    pub status: u16,
     headers: Vec<(String, String)>,
-    body: String,
+    pub body: String,
 }
 
 impl Answer {
@@ -59,7 +59,7 @@ async fn request(addr: SocketAddr, method: &str, path: &str) -> Answer {
     }
 }
 
-async fn get(addr: SocketAddr, path: &str) -> Answer {
+pub async fn get(addr: SocketAddr, path: &str) -> Answer {
     request(addr, "GET", path).await
 }
 
