@@ -578,6 +578,12 @@ impl Drop for Sqlite {
 }
 
 /// Removes lines older than `max_age`.
+/// Removes one room's lines older than the cutoff (milliseconds since the
+/// epoch): those below its first recent one (all when none is recent).
+const AGE_TRIM: &str = "DELETE FROM lines WHERE room = ?1 AND seq < coalesce(
+     (SELECT seq FROM lines WHERE room = ?1 AND ts >= ?2 ORDER BY seq LIMIT 1),
+     9223372036854775807)";
+
 /// Removes lines older than `max_age`, room by room: a room's lines are in
 /// `seq` order, and time follows `seq`, so its old lines are the ones below
 /// its first recent one (all of them when none is recent). Each room costs
@@ -590,11 +596,7 @@ fn sweep(conn: &Connection, max_age: Duration) -> rusqlite::Result<usize> {
         names.collect::<rusqlite::Result<_>>()?
     };
     let mut removed = 0;
-    let mut stmt = conn.prepare_cached(
-        "DELETE FROM lines WHERE room = ?1 AND seq < coalesce(
-             (SELECT seq FROM lines WHERE room = ?1 AND ts >= ?2 ORDER BY seq LIMIT 1),
-             9223372036854775807)",
-    )?;
+    let mut stmt = conn.prepare_cached(AGE_TRIM)?;
     for room in rooms {
         removed += stmt.execute(params![room, cutoff])?;
     }
@@ -799,11 +801,20 @@ impl Writer {
                 "DELETE FROM lines WHERE room = ?1 AND seq <= (
                      SELECT seq FROM lines WHERE room = ?1 ORDER BY seq DESC LIMIT 1 OFFSET ?2)",
             )?;
+            // Age, in the same transaction as the lines and the count: a
+            // walk over the lines it removes (the sweep covers idle rooms).
+            let mut age_stmt = tx.prepare_cached(AGE_TRIM)?;
+            let cutoff = self
+                .max_age
+                .map(|age| crate::protocol::now_millis().saturating_sub(age.as_millis() as u64));
             for (room, epoch, seq) in touched {
                 seq_stmt.execute(params![room, epoch, seq])?;
                 let trimmed = self.trimmed.get(room).copied();
                 if trimmed.is_none_or(|at| seq >= at + TRIM_EVERY) {
                     trim_stmt.execute(params![room, self.history])?;
+                    if let Some(cutoff) = cutoff {
+                        age_stmt.execute(params![room, cutoff])?;
+                    }
                     trims.push((room.to_string(), seq));
                 }
             }

@@ -517,6 +517,13 @@ fn lines_older_than_the_age_limit_are_not_kept_also_after_a_restart() {
     store.flush();
     assert_eq!(seqs_of(&store.before("#lobby", u64::MAX, 100)), [6, 7, 8]);
     assert_eq!(seqs_of(&store.open("#lobby", 100).lines), [6, 7, 8]);
+    // Removed from the file by the writes' own transaction, not only by the
+    // sweep (every 10 s) or at start.
+    let rows: u64 = rusqlite::Connection::open(scratch.db())
+        .unwrap()
+        .query_row("SELECT count(*) FROM lines", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(rows, 3, "old lines left in the file while running");
     store.close();
     drop(store);
 
