@@ -110,7 +110,11 @@ fn run(rate: u64, seconds: f64) {
     store.close();
     drop(store);
     let kept = rusqlite::Connection::open(&path)
-        .and_then(|c| c.query_row("SELECT count(*) FROM lines", [], |r| r.get::<_, u64>(0)))
+        .and_then(|c| {
+            c.query_row("SELECT coalesce(sum(count), 0) FROM chunks", [], |r| {
+                r.get::<_, u64>(0)
+            })
+        })
         .unwrap_or(0);
     let _ = std::fs::remove_dir_all(&dir);
     println!(

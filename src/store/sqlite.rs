@@ -70,7 +70,10 @@ const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 /// What `/readyz` names while commits fail.
 pub const DEGRADED: &str = "history store (writes failing; chat goes on)";
 /// Schema version in `meta`.
-const SCHEMA_VERSION: &str = "1";
+const SCHEMA_VERSION: &str = "2";
+/// Most lines in one row of `chunks`: a read that wants a few lines before
+/// a `seq` decodes at most this many more.
+const CHUNK: usize = 256;
 
 /// How hard each commit is made to last (SQLite's `synchronous`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -250,20 +253,19 @@ impl Sqlite {
                      epoch INTEGER NOT NULL,
                      last_seq INTEGER NOT NULL
                  );
-                 CREATE TABLE IF NOT EXISTS lines (
+                 -- A room's lines in runs of consecutive ones, as a JSON
+                 -- array each (see `Chunk`): one row per room per commit,
+                 -- not per line, is what keeps the writer's cost per line
+                 -- small beside the fan-out.
+                 CREATE TABLE IF NOT EXISTS chunks (
                      room TEXT NOT NULL,
-                     seq INTEGER NOT NULL,
-                     ts INTEGER NOT NULL,
-                     kind INTEGER NOT NULL,
-                     nick TEXT,
-                     addr TEXT NOT NULL,
-                     text TEXT NOT NULL,
-                     PRIMARY KEY (room, seq)
+                     first_seq INTEGER NOT NULL,
+                     last_seq INTEGER NOT NULL,
+                     last_ts INTEGER NOT NULL,
+                     count INTEGER NOT NULL,
+                     lines TEXT NOT NULL,
+                     PRIMARY KEY (room, first_seq)
                  ) WITHOUT ROWID;
-                 -- Age retention walks each room from its oldest line
-                 -- instead (time follows seq): an index on ts made every
-                 -- insert update a second tree.
-                 DROP INDEX IF EXISTS lines_by_time;
                  CREATE TABLE IF NOT EXISTS skips (
                      room TEXT NOT NULL,
                      first INTEGER NOT NULL,
@@ -279,7 +281,15 @@ impl Sqlite {
                 r.get(0)
             })
             .optional()?;
-        if let Some(v) = &version {
+        if version.as_deref() == Some("1") {
+            migrate_lines(&writer).map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot convert the history file {} to this server's format ({e}); restore it from a backup or move it away",
+                    path.display()
+                )
+            })?;
+            info!(file = %path.display(), "history converted to this server's format (one row per run of lines)");
+        } else if let Some(v) = &version {
             if v != SCHEMA_VERSION {
                 bail!(
                     "the history file {} has schema version {v}, this server knows {SCHEMA_VERSION}; use a matching server or another --db file",
@@ -335,7 +345,7 @@ impl Sqlite {
             tx.commit()?;
         }
         if let Some(max_age) = config.max_age {
-            sweep(&writer, max_age)?;
+            sweep(&writer, config.history, max_age)?;
         }
         let reader = open_connection(&path)?;
         let (queue, ops) = mpsc::sync_channel(QUEUE);
@@ -345,6 +355,7 @@ impl Sqlite {
             conn: writer,
             max_pages: max_pages.clone(),
             trimmed: std::collections::HashMap::new(),
+            counts: std::collections::HashMap::new(),
             history: config.history,
             max_age: config.max_age,
             readiness,
@@ -408,47 +419,162 @@ impl Sqlite {
     fn read_lines(&self, room: &str, before: u64, n: usize) -> rusqlite::Result<Vec<Event>> {
         let conn = self.reader();
         let mut stmt = conn.prepare_cached(
-            "SELECT seq, ts, kind, nick, addr, text FROM lines
-             WHERE room = ?1 AND seq < ?2 AND ts >= ?3
-             ORDER BY seq DESC LIMIT ?4",
+            "SELECT lines FROM chunks WHERE room = ?1 AND first_seq < ?2 AND last_ts >= ?3
+             ORDER BY first_seq DESC",
         )?;
-        let rows = stmt.query_map(
-            params![room, before.min(i64::MAX as u64), self.cutoff(), n as i64],
-            |r| {
-                let seq: u64 = r.get(0)?;
-                let ts: u64 = r.get(1)?;
-                let kind: i64 = r.get(2)?;
-                let nick: Option<String> = r.get(3)?;
-                let addr: String = r.get(4)?;
-                let text: String = r.get(5)?;
-                Ok((seq, ts, kind, nick, addr, text))
-            },
-        )?;
+        let cutoff = self.cutoff();
+        let mut rows = stmt.query(params![room, before.min(i64::MAX as u64), cutoff])?;
+        // Newest first, then turned around.
         let mut lines = Vec::new();
-        for row in rows {
-            let (seq, ts, kind, nick, addr, text) = row?;
-            let Ok(from) = addr.parse() else {
+        while lines.len() < n {
+            let Some(row) = rows.next()? else { break };
+            let json: String = row.get(0)?;
+            let Ok(chunk) = serde_json::from_str::<Vec<Stored>>(&json) else {
+                error!(file = %self.path.display(), room, "a stored run of lines does not parse; skipped");
                 continue;
             };
-            let line = ChatLine {
-                room: room.to_string(),
-                seq,
-                ts,
-                from,
-                nick,
-                text,
-                history: false,
-            };
-            lines.push(if kind == 1 {
-                Event::Action(line)
-            } else {
-                Event::Message(line)
-            });
+            for stored in chunk.into_iter().rev() {
+                if stored.seq >= before || stored.ts < cutoff {
+                    continue;
+                }
+                let Ok(from) = stored.addr.parse() else {
+                    continue;
+                };
+                let line = ChatLine {
+                    room: room.to_string(),
+                    seq: stored.seq,
+                    ts: stored.ts,
+                    from,
+                    nick: stored.nick,
+                    text: stored.text,
+                    history: false,
+                };
+                lines.push(if stored.action {
+                    Event::Action(line)
+                } else {
+                    Event::Message(line)
+                });
+                if lines.len() == n {
+                    break;
+                }
+            }
         }
         lines.reverse();
         Ok(lines)
     }
 }
+
+/// One line as it is kept in a chunk's JSON array.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Stored {
+    seq: u64,
+    ts: u64,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    action: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    nick: Option<String>,
+    addr: String,
+    text: String,
+}
+
+/// The same, borrowed from a queued row (no copies on the way to JSON).
+#[derive(serde::Serialize)]
+struct StoredRef<'a> {
+    seq: u64,
+    ts: u64,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    action: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    nick: Option<&'a str>,
+    addr: &'a str,
+    text: &'a str,
+}
+
+/// Writes `rows` (one room's, in seq order) as chunks of at most [`CHUNK`].
+fn insert_chunks(
+    stmt: &mut rusqlite::CachedStatement<'_>,
+    room: &str,
+    rows: &[&Row],
+) -> rusqlite::Result<()> {
+    for run in rows.chunks(CHUNK) {
+        let (Some(first), Some(last)) = (run.first(), run.last()) else {
+            continue;
+        };
+        let stored: Vec<StoredRef<'_>> = run
+            .iter()
+            .map(|r| StoredRef {
+                seq: r.seq,
+                ts: r.ts,
+                action: r.action,
+                nick: r.nick.as_deref(),
+                addr: &r.addr,
+                text: &r.text,
+            })
+            .collect();
+        let json = serde_json::to_string(&stored)
+            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+        let last_ts = run.iter().map(|r| r.ts).max().unwrap_or(last.ts);
+        stmt.execute(params![
+            room,
+            first.seq,
+            last.seq,
+            last_ts,
+            run.len() as i64,
+            json
+        ])?;
+    }
+    Ok(())
+}
+
+/// Converts a file of schema 1 (a row per line in `lines`) to chunks, in
+/// the caller's connection, in one transaction.
+fn migrate_lines(conn: &Connection) -> rusqlite::Result<()> {
+    let tx = conn.unchecked_transaction()?;
+    let exists: bool = tx.query_row(
+        "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'lines'",
+        [],
+        |r| r.get(0),
+    )?;
+    if exists {
+        let rows: Vec<Row> = {
+            let mut stmt = tx.prepare(
+                "SELECT room, seq, ts, kind, nick, addr, text FROM lines ORDER BY room, seq",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok(Row {
+                    room: r.get(0)?,
+                    epoch: 0,
+                    seq: r.get(1)?,
+                    ts: r.get(2)?,
+                    action: r.get::<_, i64>(3)? == 1,
+                    nick: r.get(4)?,
+                    addr: r.get(5)?,
+                    text: r.get(6)?,
+                })
+            })?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        let mut insert = tx.prepare_cached(INSERT_CHUNK)?;
+        let mut start = 0;
+        while start < rows.len() {
+            let room = &rows[start].room;
+            let end = rows[start..]
+                .iter()
+                .position(|r| &r.room != room)
+                .map_or(rows.len(), |p| start + p);
+            let run: Vec<&Row> = rows[start..end].iter().collect();
+            insert_chunks(&mut insert, room, &run)?;
+            start = end;
+        }
+        drop(insert);
+        tx.execute_batch("DROP TABLE lines; DROP INDEX IF EXISTS lines_by_time;")?;
+    }
+    tx.commit()
+}
+
+const INSERT_CHUNK: &str =
+    "INSERT OR REPLACE INTO chunks (room, first_seq, last_seq, last_ts, count, lines)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
 
 impl Store for Sqlite {
     fn open(&self, room: &str, recent: usize) -> Opened {
@@ -578,29 +704,63 @@ impl Drop for Sqlite {
 }
 
 /// Removes lines older than `max_age`.
-/// Removes one room's lines older than the cutoff (milliseconds since the
-/// epoch): those below its first recent one (all when none is recent).
-const AGE_TRIM: &str = "DELETE FROM lines WHERE room = ?1 AND seq < coalesce(
-     (SELECT seq FROM lines WHERE room = ?1 AND ts >= ?2 ORDER BY seq LIMIT 1),
-     9223372036854775807)";
+/// How many lines the file holds for `room`.
+fn lines_of(conn: &Connection, room: &str) -> rusqlite::Result<u64> {
+    conn.prepare_cached("SELECT coalesce(sum(count), 0) FROM chunks WHERE room = ?1")?
+        .query_row([room], |r| r.get(0))
+}
 
-/// Removes lines older than `max_age`, room by room: a room's lines are in
-/// `seq` order, and time follows `seq`, so its old lines are the ones below
-/// its first recent one (all of them when none is recent). Each room costs
-/// a walk over the lines being removed, not over the table.
-fn sweep(conn: &Connection, max_age: Duration) -> rusqlite::Result<usize> {
+/// Removes `room`'s oldest chunks while the rest still hold `history`
+/// lines, and those whose newest line is older than `cutoff` (ms since the
+/// epoch): a walk from the oldest over what it removes, and one more.
+/// `kept` is the room's line count, kept up to date. Whole chunks go; reads
+/// skip the old lines of a chunk that stays.
+fn trim_room(
+    conn: &Connection,
+    room: &str,
+    kept: &mut u64,
+    history: u64,
+    cutoff: Option<u64>,
+) -> rusqlite::Result<()> {
+    let mut oldest = conn.prepare_cached(
+        "SELECT first_seq, last_ts, count FROM chunks WHERE room = ?1 ORDER BY first_seq",
+    )?;
+    let mut rows = oldest.query([room])?;
+    let mut below = None;
+    while let Some(row) = rows.next()? {
+        let (first, last_ts, count): (u64, u64, u64) = (row.get(0)?, row.get(1)?, row.get(2)?);
+        let too_many = *kept > history && *kept - count >= history;
+        let too_old = cutoff.is_some_and(|c| last_ts < c);
+        if !(too_many || too_old || history == 0) {
+            below = Some(first);
+            break;
+        }
+        *kept -= count.min(*kept);
+        below = None;
+    }
+    drop(rows);
+    conn.prepare_cached("DELETE FROM chunks WHERE room = ?1 AND first_seq < ?2")?
+        .execute(params![
+            room,
+            below.unwrap_or(i64::MAX as u64).min(i64::MAX as u64)
+        ])?;
+    Ok(())
+}
+
+/// Applies `--history` and `--history-max-age` to every room (at start, and
+/// every [`SWEEP_INTERVAL`] for rooms nobody writes to).
+fn sweep(conn: &Connection, history: usize, max_age: Duration) -> rusqlite::Result<()> {
     let cutoff = crate::protocol::now_millis().saturating_sub(max_age.as_millis() as u64);
     let rooms: Vec<String> = {
         let mut stmt = conn.prepare_cached("SELECT name FROM rooms")?;
         let names = stmt.query_map([], |r| r.get(0))?;
         names.collect::<rusqlite::Result<_>>()?
     };
-    let mut removed = 0;
-    let mut stmt = conn.prepare_cached(AGE_TRIM)?;
     for room in rooms {
-        removed += stmt.execute(params![room, cutoff])?;
+        let mut kept = lines_of(conn, &room)?;
+        trim_room(conn, &room, &mut kept, history as u64, Some(cutoff))?;
     }
-    Ok(removed)
+    Ok(())
 }
 
 struct Writer {
@@ -609,6 +769,9 @@ struct Writer {
     max_pages: Arc<AtomicU64>,
     /// Per room, the `seq` it was last trimmed at (see [`TRIM_EVERY`]).
     trimmed: std::collections::HashMap<String, u64>,
+    /// Per room, how many lines the file holds (read once per run, then
+    /// kept up to date), so trimming never walks what it keeps.
+    counts: std::collections::HashMap<String, u64>,
     history: usize,
     max_age: Option<Duration>,
     readiness: Readiness,
@@ -696,7 +859,9 @@ impl Writer {
             if Instant::now() >= next_sweep {
                 next_sweep = Instant::now() + SWEEP_INTERVAL;
                 if let Some(max_age) = self.max_age {
-                    if let Err(e) = sweep(&self.conn, max_age) {
+                    // Counts change under the writer's feet: read afresh.
+                    self.counts.clear();
+                    if let Err(e) = sweep(&self.conn, self.history, max_age) {
                         self.failed(&e);
                     }
                 }
@@ -765,63 +930,50 @@ impl Writer {
 
     fn write(&mut self, pending: &[Row]) -> rusqlite::Result<()> {
         let mut trims: Vec<(String, u64)> = Vec::new();
+        let mut counts: Vec<(String, u64)> = Vec::new();
+        // Each room's rows in order: the queue is in seq order per room.
+        let mut rooms: Vec<(&str, u64, Vec<&Row>)> = Vec::new();
+        for row in pending {
+            match rooms.iter_mut().find(|(r, _, _)| *r == row.room) {
+                Some((_, _, rows)) => rows.push(row),
+                None => rooms.push((&row.room, row.epoch, vec![row])),
+            }
+        }
         let tx = self.conn.transaction()?;
         {
-            let mut line_stmt = tx.prepare_cached(
-                "INSERT OR REPLACE INTO lines (room, seq, ts, kind, nick, addr, text)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            )?;
-            // The highest seq per room in this batch.
-            let mut touched: Vec<(&str, u64, u64)> = Vec::new();
-            for row in pending {
-                line_stmt.execute(params![
-                    row.room,
-                    row.seq,
-                    row.ts,
-                    i64::from(row.action),
-                    row.nick,
-                    row.addr,
-                    row.text
-                ])?;
-                match touched.iter_mut().find(|(r, _, _)| *r == row.room) {
-                    Some((_, _, seq)) => *seq = (*seq).max(row.seq),
-                    None => touched.push((&row.room, row.epoch, row.seq)),
-                }
-            }
+            let mut chunk_stmt = tx.prepare_cached(INSERT_CHUNK)?;
             // A room's row comes with its first lines (its epoch is the
             // one the hub numbered them under).
             let mut seq_stmt = tx.prepare_cached(
                 "INSERT INTO rooms (name, epoch, last_seq) VALUES (?1, ?2, ?3)
                  ON CONFLICT (name) DO UPDATE SET last_seq = max(last_seq, excluded.last_seq)",
             )?;
-            // By count, not by seq arithmetic: numbering has gaps after an
-            // unclean stop. The subquery walks the primary key's last
-            // `history` entries of the room, not the table.
-            let mut trim_stmt = tx.prepare_cached(
-                "DELETE FROM lines WHERE room = ?1 AND seq <= (
-                     SELECT seq FROM lines WHERE room = ?1 ORDER BY seq DESC LIMIT 1 OFFSET ?2)",
-            )?;
-            // Age, in the same transaction as the lines and the count: a
-            // walk over the lines it removes (the sweep covers idle rooms).
-            let mut age_stmt = tx.prepare_cached(AGE_TRIM)?;
             let cutoff = self
                 .max_age
                 .map(|age| crate::protocol::now_millis().saturating_sub(age.as_millis() as u64));
-            for (room, epoch, seq) in touched {
+            for (room, epoch, rows) in &rooms {
+                insert_chunks(&mut chunk_stmt, room, rows)?;
+                let seq = rows.iter().map(|r| r.seq).max().unwrap_or(0);
                 seq_stmt.execute(params![room, epoch, seq])?;
-                let trimmed = self.trimmed.get(room).copied();
+                let mut kept = match self.counts.get(*room) {
+                    Some(&n) => n + rows.len() as u64,
+                    None => lines_of(&tx, room)?,
+                };
+                let trimmed = self.trimmed.get(*room).copied();
                 if trimmed.is_none_or(|at| seq >= at + TRIM_EVERY) {
-                    trim_stmt.execute(params![room, self.history])?;
-                    if let Some(cutoff) = cutoff {
-                        age_stmt.execute(params![room, cutoff])?;
-                    }
+                    // By count, not by seq arithmetic: numbering has gaps
+                    // after an unclean stop. Age too, in the same
+                    // transaction (the sweep covers idle rooms).
+                    trim_room(&tx, room, &mut kept, self.history as u64, cutoff)?;
                     trims.push((room.to_string(), seq));
                 }
+                counts.push((room.to_string(), kept));
             }
         }
         tx.commit()?;
         // Only once committed: a failed batch is retried and trims then.
         self.trimmed.extend(trims);
+        self.counts.extend(counts);
         Ok(())
     }
 

@@ -444,6 +444,9 @@ fn a_full_disk_degrades_and_catches_up_without_losing_what_was_queued() {
     store.close();
 }
 
+/// How many lines the file holds (rows of `chunks` carry their count).
+const LINES_IN_FILE: &str = "SELECT coalesce(sum(count), 0) FROM chunks";
+
 /// A chat line of `#lobby` for tests that drive the store directly.
 fn lobby_line(seq: u64, ts: u64) -> chat::protocol::ChatLine {
     chat::protocol::ChatLine {
@@ -461,7 +464,7 @@ fn seqs_of(events: &[chat::protocol::Event]) -> Vec<u64> {
     events
         .iter()
         .filter_map(|e| match e {
-            chat::protocol::Event::Message(l) => Some(l.seq),
+            chat::protocol::Event::Message(l) | chat::protocol::Event::Action(l) => Some(l.seq),
             _ => None,
         })
         .collect()
@@ -511,6 +514,8 @@ fn lines_older_than_the_age_limit_are_not_kept_also_after_a_restart() {
         // Two hours old: past the one-hour limit.
         store.keep(opened.epoch, &lobby_line(seq, now - 7_200_000), false);
     }
+    // Their own commit (so their own chunk: age removes whole chunks).
+    store.flush();
     for seq in 6..=8 {
         store.keep(opened.epoch, &lobby_line(seq, now), false);
     }
@@ -521,7 +526,7 @@ fn lines_older_than_the_age_limit_are_not_kept_also_after_a_restart() {
     // sweep (every 10 s) or at start.
     let rows: u64 = rusqlite::Connection::open(scratch.db())
         .unwrap()
-        .query_row("SELECT count(*) FROM lines", [], |r| r.get(0))
+        .query_row(LINES_IN_FILE, [], |r| r.get(0))
         .unwrap();
     assert_eq!(rows, 3, "old lines left in the file while running");
     store.close();
@@ -534,9 +539,7 @@ fn lines_older_than_the_age_limit_are_not_kept_also_after_a_restart() {
     store.close();
     drop(store);
     let conn = rusqlite::Connection::open(scratch.db()).unwrap();
-    let rows: u64 = conn
-        .query_row("SELECT count(*) FROM lines", [], |r| r.get(0))
-        .unwrap();
+    let rows: u64 = conn.query_row(LINES_IN_FILE, [], |r| r.get(0)).unwrap();
     assert_eq!(rows, 3, "the old lines are gone from the file too");
 }
 
@@ -557,11 +560,10 @@ fn retention_by_count_holds_across_a_restart() {
     store.close();
     drop(store);
     let conn = rusqlite::Connection::open(scratch.db()).unwrap();
-    let rows: u64 = conn
-        .query_row("SELECT count(*) FROM lines", [], |r| r.get(0))
-        .unwrap();
+    let rows: u64 = conn.query_row(LINES_IN_FILE, [], |r| r.get(0)).unwrap();
     drop(conn);
-    assert!((100..=100 + 256).contains(&rows), "{rows} lines kept");
+    // Whole chunks (up to 256 lines) go, once the numbering moved on by 256.
+    assert!((100..=100 + 512).contains(&rows), "{rows} lines kept");
 
     let store = Sqlite::open(config, Readiness::new()).unwrap();
     let opened = store.open("#lobby", 100);
@@ -588,8 +590,8 @@ fn a_file_that_fails_its_integrity_check_is_refused_and_kept() {
     }
     store.close();
     drop(store);
-    // Scribble over the middle of the file: pages of the lines table and
-    // its index, not the header.
+    // Scribble over the middle of the file: pages of the chunks table, not
+    // the header.
     let mut bytes = std::fs::read(scratch.db()).unwrap();
     assert!(bytes.len() > 64 * 1024, "{} bytes", bytes.len());
     let mid = bytes.len() / 2;
@@ -649,4 +651,63 @@ fn a_full_queue_never_blocks_and_counts_what_it_drops() {
     let kept = store.open("#lobby", 1_000_000).lines.len() as u64;
     assert_eq!(kept + dropped, total, "everything not dropped is written");
     store.close();
+}
+
+/// A file written by the previous format (a row per line, schema 1) is
+/// converted in place at start: same lines, numbering and epoch.
+#[test]
+fn a_file_of_the_previous_format_is_converted() {
+    use chat::store::Store as _;
+    let scratch = Scratch::new("migrate");
+    {
+        let conn = rusqlite::Connection::open(scratch.db()).unwrap();
+        conn.execute_batch(
+            "PRAGMA journal_mode=WAL;
+             CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+             CREATE TABLE rooms (name TEXT PRIMARY KEY, epoch INTEGER NOT NULL, last_seq INTEGER NOT NULL);
+             CREATE TABLE lines (room TEXT NOT NULL, seq INTEGER NOT NULL, ts INTEGER NOT NULL,
+                 kind INTEGER NOT NULL, nick TEXT, addr TEXT NOT NULL, text TEXT NOT NULL,
+                 PRIMARY KEY (room, seq)) WITHOUT ROWID;
+             CREATE INDEX lines_by_time ON lines (ts);
+             INSERT INTO meta VALUES ('schema', '1'), ('clean', '1'), ('epoch', '777');
+             INSERT INTO rooms VALUES ('#lobby', 777, 300), ('#rust', 777, 2);",
+        )
+        .unwrap();
+        let now = chat::protocol::now_millis();
+        for seq in 1..=300u64 {
+            conn.execute(
+                "INSERT INTO lines VALUES ('#lobby', ?1, ?2, ?3, 'ann', '127.0.0.1:4000', ?4)",
+                rusqlite::params![seq, now, i64::from(seq == 7), format!("line {seq}")],
+            )
+            .unwrap();
+        }
+        for seq in 1..=2u64 {
+            conn.execute(
+                "INSERT INTO lines VALUES ('#rust', ?1, ?2, 0, NULL, '127.0.0.1:4001', 'r')",
+                rusqlite::params![seq, now],
+            )
+            .unwrap();
+        }
+    }
+    let store = Sqlite::open(store_config(&scratch.db()), Readiness::new()).unwrap();
+    let lobby = store.open("#lobby", 1000);
+    assert_eq!(lobby.epoch, 777);
+    assert_eq!(lobby.last_seq, 300, "a clean stop: nothing skipped");
+    assert_eq!(seqs_of(&lobby.lines), (1..=300).collect::<Vec<_>>());
+    assert!(
+        matches!(&store.before("#lobby", 8, 1)[0], chat::protocol::Event::Action(l) if l.seq == 7 && l.text == "line 7")
+    );
+    let rust = store.open("#rust", 10);
+    assert_eq!(rust.lines.len(), 2);
+    store.close();
+    drop(store);
+    let conn = rusqlite::Connection::open(scratch.db()).unwrap();
+    let schema: String = conn
+        .query_row("SELECT value FROM meta WHERE key = 'schema'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(schema, "2");
+    let rows: u64 = conn.query_row(LINES_IN_FILE, [], |r| r.get(0)).unwrap();
+    assert_eq!(rows, 302);
 }
