@@ -221,7 +221,9 @@ async fn after_a_network_failure_the_client_shows_each_missed_message_once() {
     let mut carol = Driven::reconnecting(&proxy.url(), "carol");
     let welcome = carol.line().await;
     assert!(welcome.starts_with("* welcome"), "{welcome}");
-    carol.until(|l| l.ends_with("is now known as carol")).await;
+    carol
+        .until(|l| l.starts_with("* carol (") && l.ends_with(") joined #lobby"))
+        .await;
     let mut bob = Client::connect(&server).await;
     say_all(&mut bob, &["one", "two"]).await;
     carol.until(|l| l.ends_with(": two")).await;
@@ -267,7 +269,9 @@ async fn a_server_restart_is_reported_and_the_new_run_is_shown() {
     let first = TestServer::start().await;
     let proxy = Proxy::start(first.addr).await;
     let mut carol = Driven::reconnecting(&proxy.url(), "carol");
-    carol.until(|l| l.ends_with("is now known as carol")).await;
+    carol
+        .until(|l| l.starts_with("* carol (") && l.ends_with(") joined #lobby"))
+        .await;
     let mut bob = Client::connect(&first).await;
     say_all(&mut bob, &["before"]).await;
     carol.until(|l| l.ends_with(": before")).await;
@@ -312,7 +316,9 @@ async fn messages_beyond_the_servers_history_are_reported_lost() {
     let server = server_with_history(2).await;
     let proxy = Proxy::start(server.addr).await;
     let mut carol = Driven::reconnecting(&proxy.url(), "carol");
-    carol.until(|l| l.ends_with("is now known as carol")).await;
+    carol
+        .until(|l| l.starts_with("* carol (") && l.ends_with(") joined #lobby"))
+        .await;
     let mut bob = Client::connect(&server).await;
     say_all(&mut bob, &["seen"]).await;
     carol.until(|l| l.ends_with(": seen")).await;
@@ -424,6 +430,8 @@ async fn hostile_server(events: Vec<String>) -> SocketAddr {
             online: 1,
             epoch: 1,
             rate: None,
+            nick: None,
+            reclaim: None,
         };
         let _ = ws.send(Message::text(welcome.to_json())).await;
         for event in events {
@@ -767,8 +775,11 @@ async fn interactive_input_survives_incoming_messages() {
         "20",
         &command,
     ]);
-    tmux.wait_for("the prompt", |p| p.contains("is now known as erin"))
-        .await;
+    // Announced once, under the nickname it asked for with the upgrade.
+    tmux.wait_for("the prompt", |p| {
+        p.contains("* erin (") && p.contains(") joined #lobby")
+    })
+    .await;
     let mut bob = Client::connect(&server).await;
     // Half a line, not sent.
     tmux.run(&["send-keys", "-t", "chat", "-l", "half typed"]);
@@ -1483,6 +1494,8 @@ async fn refusing_server() -> SocketAddr {
             online: 1,
             epoch: 1,
             rate: None,
+            nick: None,
+            reclaim: None,
         };
         let _ = ws.send(Message::text(welcome.to_json())).await;
         while let Some(Ok(msg)) = ws.next().await {
