@@ -244,9 +244,10 @@ struct Member {
     mailbox: Arc<Mailbox>,
     /// Whether its session speaks JSON (for counting delivered bytes).
     json: bool,
-    /// The secret half of its reclaim token (see [`reclaim_token`]); 0:
+    /// The secret half of its reclaim token (see [`reclaim_token`]), as
+    /// bytes (a `u128` field would align the member to 16 bytes); zero:
     /// it has none (the system's random source failed).
-    secret: u128,
+    secret: [u8; 16],
 }
 
 /// A reclaim token: the member's id (so no map of tokens is needed) and
@@ -278,7 +279,7 @@ fn fresh_secret() -> u128 {
 
 /// Whether `member` holds the secret `secret`, in constant time.
 fn holds_secret(member: &Member, secret: u128) -> bool {
-    member.secret != 0 && bool::from(member.secret.to_le_bytes().ct_eq(&secret.to_le_bytes()))
+    member.secret != [0; 16] && bool::from(member.secret.ct_eq(&secret.to_le_bytes()))
 }
 
 /// The chat line a kept event carries (history holds only messages and
@@ -716,7 +717,7 @@ impl Hub {
                 room: room.clone(),
                 mailbox: mailbox.clone(),
                 json: encoding == Encoding::Json,
-                secret,
+                secret: secret.to_le_bytes(),
             },
         );
         let joined = self.enter(&mut state, id, &room, announce);

@@ -920,10 +920,12 @@ async fn interactive_input_survives_incoming_messages() {
         &command,
     ]);
     // Announced once, under the nickname it asked for with the upgrade.
-    tmux.wait_for("the prompt", |p| {
-        p.contains("* erin (") && p.contains(") joined #lobby")
-    })
-    .await;
+    let pane = tmux
+        .wait_for("the prompt", |p| {
+            p.contains("* erin (") && p.contains(") joined #lobby")
+        })
+        .await;
+    assert!(!pane.contains("is now known as"), "{pane}");
     let mut bob = Client::connect(&server).await;
     // Half a line, not sent.
     tmux.run(&["send-keys", "-t", "chat", "-l", "half typed"]);
