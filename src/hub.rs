@@ -23,6 +23,9 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
+
+use subtle::ConstantTimeEq as _;
 
 use crate::fanout::feed::{Cursor, Feed};
 use crate::fanout::writer::RoomWriter;
@@ -32,8 +35,8 @@ use crate::store::{Memory, Opened, Store};
 pub use crate::fanout::mailbox::Mailbox;
 pub use crate::fanout::outbox::Encoded;
 use crate::protocol::{
-    now_millis, validate_nick, validate_text, ChatLine, Encoding, Event, MemberInfo, RoomInfo,
-    TextError, DEFAULT_HISTORY_REPLAY, DEFAULT_ROOM,
+    normalize_room, now_millis, validate_nick, validate_text, ChatLine, Encoding, Event, Hello,
+    MemberInfo, RoomInfo, TextError, DEFAULT_HISTORY_REPLAY, DEFAULT_ROOM,
 };
 
 /// Default capacity of each room's feed: how far (in messages)
@@ -51,6 +54,13 @@ pub const DEFAULT_MAX_ROOMS: usize = 1000;
 /// in a big room they would drown the conversation, and each one costs a
 /// delivery per member (a room filling up would cost O(members²)).
 pub const DEFAULT_PRESENCE_LIMIT: usize = 100;
+/// How long the place of a member whose connection was lost without a
+/// Close is held: its nickname stays reserved and its leave is not
+/// announced, so a client that comes back within it with its reclaim token
+/// (see [`Hello`]) takes the place back with nothing announced at all.
+/// Long enough for a reconnect after a network blip or a server-side
+/// timeout; short enough that others are not left talking to someone gone.
+pub const DEFAULT_RECONNECT_GRACE: Duration = Duration::from_secs(10);
 
 /// What a room's feed carries: an event encoded once, shared by all.
 pub type Shared = Arc<Encoded>;
@@ -69,6 +79,9 @@ pub struct HubConfig {
     /// Rooms with more members than this skip join and leave notices
     /// (0: always announce).
     pub presence_limit: usize,
+    /// How long a lost connection's place is held (see
+    /// [`DEFAULT_RECONNECT_GRACE`]); zero: its leave is announced at once.
+    pub reconnect_grace: Duration,
 }
 
 impl Default for HubConfig {
@@ -79,6 +92,7 @@ impl Default for HubConfig {
             history_depth: DEFAULT_HISTORY_DEPTH,
             max_rooms: DEFAULT_MAX_ROOMS,
             presence_limit: DEFAULT_PRESENCE_LIMIT,
+            reconnect_grace: DEFAULT_RECONNECT_GRACE,
         }
     }
 }
@@ -199,6 +213,17 @@ struct State {
     /// Lower-cased nickname to its owner.
     nicks: HashMap<String, MemberId>,
     rooms: HashMap<String, Room>,
+    /// Members whose connection was lost without a Close, during their
+    /// grace period (see [`Hub::hold`]): out of their rooms, their
+    /// nicknames still in `nicks`, their leave not yet announced.
+    held: HashMap<MemberId, Held>,
+}
+
+/// A lost member's place, held for the grace period.
+struct Held {
+    member: Member,
+    /// What its room is told if it does not come back.
+    reason: Option<String>,
 }
 
 impl State {
@@ -219,6 +244,42 @@ struct Member {
     mailbox: Arc<Mailbox>,
     /// Whether its session speaks JSON (for counting delivered bytes).
     json: bool,
+    /// The secret half of its reclaim token (see [`reclaim_token`]), as
+    /// bytes (a `u128` field would align the member to 16 bytes); zero:
+    /// it has none (the system's random source failed).
+    secret: [u8; 16],
+}
+
+/// A reclaim token: the member's id (so no map of tokens is needed) and
+/// 128 random bits from the operating system's CSPRNG, in hex. Only the
+/// random half is secret; it is compared in constant time.
+fn reclaim_token(id: MemberId, secret: u128) -> String {
+    format!("{:016x}{secret:032x}", id.0)
+}
+
+/// The id and secret of a token as [`reclaim_token`] writes it.
+fn parse_token(token: &str) -> Option<(MemberId, u128)> {
+    if token.len() != 48 || !token.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let id = u64::from_str_radix(&token[..16], 16).ok()?;
+    let secret = u128::from_str_radix(&token[16..], 16).ok()?;
+    Some((MemberId(id), secret))
+}
+
+/// 128 bits from the operating system's random source (one `getrandom`
+/// call per connection); 0 if it fails, and the session then has no token.
+fn fresh_secret() -> u128 {
+    let mut bytes = [0u8; 16];
+    match getrandom::getrandom(&mut bytes) {
+        Ok(()) => u128::from_le_bytes(bytes),
+        Err(_) => 0,
+    }
+}
+
+/// Whether `member` holds the secret `secret`, in constant time.
+fn holds_secret(member: &Member, secret: u128) -> bool {
+    member.secret != [0; 16] && bool::from(member.secret.ct_eq(&secret.to_le_bytes()))
 }
 
 /// The chat line a kept event carries (history holds only messages and
@@ -411,6 +472,10 @@ pub struct Connected {
     pub joined: Joined,
     /// Events addressed to this member alone, and its session's wake-ups.
     pub mailbox: Arc<Mailbox>,
+    /// What the [`Hello`] asked for and could not have (an invalid or
+    /// taken nickname, an invalid room), as errors for this member, to
+    /// send after the welcome.
+    pub notices: Vec<Event>,
 }
 
 /// The answer to [`Hub::resume`].
@@ -576,6 +641,22 @@ impl Hub {
 
     /// [`Hub::connect`] for a session that speaks `encoding`.
     pub fn connect_as(&self, addr: SocketAddr, encoding: Encoding) -> Connected {
+        self.connect_with(addr, encoding, &Hello::default())
+    }
+
+    /// [`Hub::connect_as`] with what the client asked for in its upgrade.
+    ///
+    /// A valid reclaim token takes its session's nickname and room back,
+    /// held or still connected (that ghost is closed); nothing is
+    /// announced, neither the ghost leaving nor this one joining. Without
+    /// one, the nickname and room asked for are checked as `/nick` and
+    /// `/join` check them and the member is announced once, under that
+    /// nickname, in that room; what cannot be had falls back (no
+    /// nickname, [`DEFAULT_ROOM`]) with an error in
+    /// [`Connected::notices`]. An unknown or expired token is ignored.
+    pub fn connect_with(&self, addr: SocketAddr, encoding: Encoding, hello: &Hello) -> Connected {
+        // A system call: outside the lock.
+        let secret = fresh_secret();
         let mut state = self.state();
         state.next_id += 1;
         let id = MemberId(state.next_id);
@@ -583,36 +664,187 @@ impl Hub {
         if self.inner.closing.load(Ordering::Acquire) {
             mailbox.close();
         }
+        let reclaimed = hello
+            .reclaim
+            .as_deref()
+            .and_then(parse_token)
+            .and_then(|(old, old_secret)| self.take_place(&mut state, old, old_secret));
+        let mut notices = Vec::new();
+        let (nick, room, announce) =
+            match reclaimed {
+                Some((nick, room)) => (nick, room, false),
+                None => {
+                    let nick = hello.nick.as_deref().and_then(|nick| {
+                        match self.free_nick(&state, id, nick) {
+                            Ok(()) => Some(nick.to_string()),
+                            Err(e) => {
+                                notices.push(Event::Error {
+                                    message: e.to_string(),
+                                });
+                                None
+                            }
+                        }
+                    });
+                    let room = match hello.room.as_deref().map(normalize_room) {
+                        None => DEFAULT_ROOM.to_string(),
+                        Some(Ok(room)) => {
+                            let max = self.inner.config.max_rooms;
+                            if state.rooms.contains_key(&room) || state.rooms.len() < max {
+                                room
+                            } else {
+                                notices.push(Event::Error {
+                                    message: HubError::TooManyRooms(max).to_string(),
+                                });
+                                DEFAULT_ROOM.to_string()
+                            }
+                        }
+                        Some(Err(e)) => {
+                            notices.push(Event::Error { message: e.0 });
+                            DEFAULT_ROOM.to_string()
+                        }
+                    };
+                    (nick, room, true)
+                }
+            };
+        if let Some(nick) = &nick {
+            state.nicks.insert(nick.to_ascii_lowercase(), id);
+        }
         state.members.insert(
             id,
             Member {
                 addr,
-                nick: None,
-                room: DEFAULT_ROOM.to_string(),
+                nick: nick.clone(),
+                room: room.clone(),
                 mailbox: mailbox.clone(),
                 json: encoding == Encoding::Json,
+                secret: secret.to_le_bytes(),
             },
         );
-        let joined = self.enter(&mut state, id, DEFAULT_ROOM);
+        let joined = self.enter(&mut state, id, &room, announce);
         let welcome = Event::Welcome {
             server: self.inner.config.name.clone(),
             addr,
-            room: DEFAULT_ROOM.to_string(),
+            room,
             online: state.members.len(),
             epoch: self.epoch(),
             rate: None, // the session fills in its own limit
+            nick,
+            reclaim: (secret != 0).then(|| reclaim_token(id, secret)),
         };
         Connected {
             id,
             welcome,
             joined,
             mailbox,
+            notices,
+        }
+    }
+
+    /// Whether `nick` is valid and free for `id`.
+    fn free_nick(&self, state: &State, id: MemberId, nick: &str) -> Result<(), HubError> {
+        validate_nick(nick).map_err(|e| HubError::InvalidNick(e.0))?;
+        match state.nicks.get(&nick.to_ascii_lowercase()) {
+            Some(owner) if *owner != id => Err(HubError::NickTaken(nick.to_string())),
+            _ => Ok(()),
+        }
+    }
+
+    /// The place of member `old` for a reconnect showing its `secret`:
+    /// its nickname (freed for the taker) and room. A held place is
+    /// simply ended; a live ghost leaves its room without a word and its
+    /// session is told to close (its later disconnect finds nothing).
+    fn take_place(
+        &self,
+        state: &mut State,
+        old: MemberId,
+        secret: u128,
+    ) -> Option<(Option<String>, String)> {
+        let member = if state
+            .held
+            .get(&old)
+            .is_some_and(|h| holds_secret(&h.member, secret))
+        {
+            state.held.remove(&old)?.member
+        } else if state
+            .members
+            .get(&old)
+            .is_some_and(|m| holds_secret(m, secret))
+        {
+            let member = state.members.remove(&old)?;
+            // The taker enters this room in the same critical section, so
+            // it is not forgotten in between.
+            if let Some(room) = state.rooms.get_mut(&member.room) {
+                room.remove(old, member.json);
+            }
+            member.mailbox.close();
+            member
+        } else {
+            return None;
+        };
+        if let Some(nick) = &member.nick {
+            state.nicks.remove(&nick.to_ascii_lowercase());
+        }
+        Some((member.nick, member.room))
+    }
+
+    /// Holds the place of member `id`, whose connection was lost without
+    /// a Close, for the grace period: it leaves its room without a word
+    /// and keeps its nickname. Returns the grace period, after which
+    /// [`Hub::expire`] must be called; `None` if there is no grace (then
+    /// this was [`Hub::disconnect`]).
+    pub fn hold(&self, id: MemberId, reason: Option<&str>) -> Option<Duration> {
+        let grace = self.inner.config.reconnect_grace;
+        if grace.is_zero() || self.inner.closing.load(Ordering::Acquire) {
+            self.disconnect(id, reason);
+            return None;
+        }
+        let mut state = self.state();
+        self.leave_room(&mut state, id, None, false);
+        let member = state.members.remove(&id)?;
+        state.held.insert(
+            id,
+            Held {
+                member,
+                reason: reason.map(String::from),
+            },
+        );
+        Some(grace)
+    }
+
+    /// Ends the grace period of member `id` (see [`Hub::hold`]): if it has
+    /// not been reclaimed, its nickname is freed and its room is told it
+    /// left.
+    pub fn expire(&self, id: MemberId) {
+        let mut state = self.state();
+        let Some(Held { member, reason }) = state.held.remove(&id) else {
+            return;
+        };
+        if let Some(nick) = &member.nick {
+            let key = nick.to_ascii_lowercase();
+            if state.nicks.get(&key) == Some(&id) {
+                state.nicks.remove(&key);
+            }
+        }
+        if self.inner.closing.load(Ordering::Acquire) {
+            return;
+        }
+        let limit = self.inner.config.presence_limit;
+        if let Some(room) = state.rooms.get(&member.room) {
+            // Counted with the leaver still in, like the join was.
+            if limit == 0 || room.members.len() < limit {
+                room.send(Event::Left {
+                    room: member.room.clone(),
+                    addr: member.addr,
+                    nick: member.nick,
+                    reason,
+                });
+            }
         }
     }
 
     /// Puts member `id` into `room` (created if needed), subscribes it,
-    /// snapshots the history, and announces the arrival.
-    fn enter(&self, state: &mut State, id: MemberId, room_name: &str) -> Joined {
+    /// snapshots the history, and announces the arrival if `announce`.
+    fn enter(&self, state: &mut State, id: MemberId, room_name: &str, announce: bool) -> Joined {
         let capacity = self.inner.config.channel_capacity;
         let (addr, nick, mailbox, json) = match state.members.get_mut(&id) {
             Some(m) => {
@@ -649,7 +881,7 @@ impl Hub {
             epoch: self.room_epoch(room),
             last_seq: room.last_seq,
         };
-        if self.announces_presence(room) {
+        if announce && self.announces_presence(room) {
             room.send(Event::Joined {
                 room: room_name.to_string(),
                 addr,
@@ -671,8 +903,9 @@ impl Hub {
         limit == 0 || room.members.len() <= limit
     }
 
-    /// Takes member `id` out of its room and announces the departure.
-    fn leave_room(&self, state: &mut State, id: MemberId, reason: Option<&str>) {
+    /// Takes member `id` out of its room and announces the departure if
+    /// `announce`.
+    fn leave_room(&self, state: &mut State, id: MemberId, reason: Option<&str>, announce: bool) {
         let Some(member) = state.members.get(&id) else {
             return;
         };
@@ -682,7 +915,7 @@ impl Hub {
             return;
         };
         // Counted with the leaver still in, like the join was.
-        if self.announces_presence(room) {
+        if announce && self.announces_presence(room) {
             room.send(Event::Left {
                 room: room_name.clone(),
                 addr,
@@ -709,7 +942,7 @@ impl Hub {
     /// more than once.
     pub fn disconnect(&self, id: MemberId, reason: Option<&str>) {
         let mut state = self.state();
-        self.leave_room(&mut state, id, reason);
+        self.leave_room(&mut state, id, reason, true);
         if let Some(member) = state.members.remove(&id) {
             if let Some(nick) = member.nick {
                 state.nicks.remove(&nick.to_ascii_lowercase());
@@ -728,8 +961,8 @@ impl Hub {
         if !state.rooms.contains_key(room) && state.rooms.len() >= max {
             return Err(HubError::TooManyRooms(max));
         }
-        self.leave_room(&mut state, id, Some(&format!("joined {room}")));
-        Ok(self.enter(&mut state, id, room))
+        self.leave_room(&mut state, id, Some(&format!("joined {room}")), true);
+        Ok(self.enter(&mut state, id, room, true))
     }
 
     /// Sets or changes member `id`'s nickname, unique ignoring ASCII case.
@@ -1048,7 +1281,13 @@ impl Hub {
         }
     }
 
-    /// How many connections are registered.
+    /// Whether [`Hub::shutdown`] has begun (a session whose mailbox closes
+    /// before it was replaced by a reclaim).
+    pub fn is_closing(&self) -> bool {
+        self.inner.closing.load(Ordering::Acquire)
+    }
+
+    /// How many connections are registered (held places not counted).
     pub fn online(&self) -> usize {
         self.state().members.len()
     }
@@ -1251,5 +1490,137 @@ mod tests {
             hub.private(a.id, "nobody", "x").unwrap_err(),
             HubError::NoSuchUser("nobody".into())
         );
+    }
+
+    fn hello(nick: Option<&str>, room: Option<&str>, reclaim: Option<&str>) -> Hello {
+        Hello {
+            nick: nick.map(String::from),
+            room: room.map(String::from),
+            reclaim: reclaim.map(String::from),
+        }
+    }
+
+    fn token(c: &Connected) -> String {
+        match &c.welcome {
+            Event::Welcome {
+                reclaim: Some(token),
+                ..
+            } => token.clone(),
+            _ => panic!("no reclaim token"),
+        }
+    }
+
+    #[test]
+    fn a_hello_is_announced_once_under_its_nick_in_its_room() {
+        let hub = Hub::new(HubConfig::default());
+        let mut lobby = hub.connect(addr(1));
+        drain(&mut lobby.joined.cursor);
+        let mut a = hub.connect_with(
+            addr(2),
+            Encoding::Json,
+            &hello(Some("alice"), Some("Rust"), None),
+        );
+        assert!(a.notices.is_empty());
+        assert!(
+            matches!(&a.welcome, Event::Welcome { nick: Some(n), room, .. }
+            if n == "alice" && room == "#rust")
+        );
+        assert_eq!(token(&a).len(), 48);
+        assert_eq!(
+            drain(&mut a.joined.cursor),
+            ["* alice (127.0.0.1:2) joined #rust"]
+        );
+        assert!(!lobby.joined.cursor.has_news());
+        // Taken and invalid names, invalid rooms: fall back, with errors.
+        let b = hub.connect_with(
+            addr(3),
+            Encoding::Text,
+            &hello(Some("ALICE"), Some("#no way"), None),
+        );
+        assert!(matches!(&b.welcome, Event::Welcome { nick: None, room, .. } if room == "#lobby"));
+        let errors: Vec<_> = b.notices.iter().map(Event::to_text).collect();
+        assert_eq!(errors.len(), 2);
+        assert!(errors[0].starts_with("! the nickname ALICE is taken"));
+        assert!(errors[1].starts_with("! invalid room name"));
+        assert_eq!(
+            drain(&mut lobby.joined.cursor),
+            ["* 127.0.0.1:3 joined #lobby"]
+        );
+    }
+
+    #[test]
+    fn a_held_place_is_taken_back_silently_or_announced_when_it_expires() {
+        let hub = Hub::new(HubConfig::default());
+        let mut bob = hub.connect(addr(1));
+        let a = hub.connect_with(addr(2), Encoding::Json, &hello(Some("alice"), None, None));
+        drain(&mut bob.joined.cursor);
+        assert!(hub.hold(a.id, Some("connection lost")).is_some());
+        assert_eq!(hub.online(), 1);
+        // Reserved: nobody else gets the nickname meanwhile.
+        assert_eq!(
+            hub.set_nick(bob.id, "alice"),
+            Err(HubError::NickTaken("alice".into()))
+        );
+        // A wrong secret is ignored: a new member, announced as usual.
+        let mut forged = token(&a);
+        forged.replace_range(47.., if forged.ends_with('0') { "1" } else { "0" });
+        let x = hub.connect_with(addr(3), Encoding::Json, &hello(None, None, Some(&forged)));
+        assert!(matches!(&x.welcome, Event::Welcome { nick: None, .. }));
+        assert_eq!(
+            drain(&mut bob.joined.cursor),
+            ["* 127.0.0.1:3 joined #lobby"]
+        );
+        hub.disconnect(x.id, None);
+        drain(&mut bob.joined.cursor);
+        let back = hub.connect_with(
+            addr(4),
+            Encoding::Json,
+            &hello(None, None, Some(&token(&a))),
+        );
+        assert!(matches!(&back.welcome, Event::Welcome { nick: Some(n), .. } if n == "alice"));
+        assert!(!bob.joined.cursor.has_news());
+        // The old place's expiry finds nothing to do.
+        hub.expire(a.id);
+        assert!(!bob.joined.cursor.has_news());
+        // Not reclaimed: the leave comes when the grace ends.
+        hub.hold(back.id, Some("connection lost"));
+        hub.expire(back.id);
+        assert_eq!(
+            drain(&mut bob.joined.cursor),
+            ["* alice left #lobby (connection lost)"]
+        );
+        hub.set_nick(bob.id, "alice").unwrap();
+    }
+
+    #[test]
+    fn a_reclaim_closes_a_live_ghost_without_a_word() {
+        let hub = Hub::new(HubConfig::default());
+        let mut bob = hub.connect(addr(1));
+        let ghost = hub.connect_with(
+            addr(2),
+            Encoding::Json,
+            &hello(Some("alice"), Some("#lobby"), None),
+        );
+        drain(&mut bob.joined.cursor);
+        let new = hub.connect_with(
+            addr(3),
+            Encoding::Json,
+            &hello(Some("alice"), None, Some(&token(&ghost))),
+        );
+        assert!(new.notices.is_empty());
+        assert!(matches!(&new.welcome, Event::Welcome { nick: Some(n), .. } if n == "alice"));
+        assert!(ghost.mailbox.is_closing());
+        assert!(!hub.is_closing());
+        // The ghost's session ending later announces nothing either.
+        hub.disconnect(ghost.id, Some("connection lost"));
+        assert!(!bob.joined.cursor.has_news());
+        assert_eq!(hub.online(), 2);
+        // A token works once.
+        let again = hub.connect_with(
+            addr(4),
+            Encoding::Json,
+            &hello(None, None, Some(&token(&ghost))),
+        );
+        assert!(matches!(&again.welcome, Event::Welcome { nick: None, .. }));
     }
 }

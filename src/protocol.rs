@@ -38,6 +38,125 @@ pub struct RateInfo {
     pub burst: u32,
 }
 
+/// What a client may ask for in its upgrade request, as query parameters
+/// of the WebSocket URL (`ws://HOST:PORT/?nick=alice&room=%23rust`),
+/// percent-decoded: a nickname and a room to start with, and the reclaim
+/// token of an earlier session to take its place back. Parsed during the
+/// upgrade and handed to the hub's connect; nothing of it is kept.
+/// Unknown parameters (`token`, the page's) are ignored; of a repeated one
+/// the first counts.
+#[derive(Default, Clone, PartialEq, Eq)]
+pub struct Hello {
+    /// `nick`: checked as `/nick` checks it.
+    pub nick: Option<String>,
+    /// `room`: checked as `/join` checks it (`rust` and `#Rust` are
+    /// `#rust`).
+    pub room: Option<String>,
+    /// `reclaim`: a secret; never logged (see the `Debug` below).
+    pub reclaim: Option<String>,
+}
+
+impl std::fmt::Debug for Hello {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hello")
+            .field("nick", &self.nick)
+            .field("room", &self.room)
+            .field("reclaim", &self.reclaim.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+impl Hello {
+    /// Most bytes of a parameter's value that are looked at: longer ones
+    /// are invalid anyway, and a peer must not make us decode without
+    /// bound (hyper already caps the request head at 8 KiB).
+    const MAX_VALUE: usize = 256;
+
+    /// The parameters in a URL's query (the part after `?`).
+    pub fn from_query(query: &str) -> Self {
+        let mut hello = Hello::default();
+        for pair in query.split('&') {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let slot = match key {
+                "nick" => &mut hello.nick,
+                "room" => &mut hello.room,
+                "reclaim" => &mut hello.reclaim,
+                _ => continue,
+            };
+            if slot.is_none() {
+                let value = &value.as_bytes()[..value.len().min(Self::MAX_VALUE)];
+                *slot = Some(String::from_utf8_lossy(&percent_decode(value)).into_owned());
+            }
+        }
+        hello
+    }
+
+    /// Whether it asks for nothing.
+    pub fn is_empty(&self) -> bool {
+        self.nick.is_none() && self.room.is_none() && self.reclaim.is_none()
+    }
+
+    /// The query that [`Hello::from_query`] reads back (without the `?`),
+    /// each value percent-encoded.
+    pub fn to_query(&self) -> String {
+        let mut query = String::new();
+        for (key, value) in [
+            ("nick", &self.nick),
+            ("room", &self.room),
+            ("reclaim", &self.reclaim),
+        ] {
+            if let Some(value) = value {
+                if !query.is_empty() {
+                    query.push('&');
+                }
+                query.push_str(key);
+                query.push('=');
+                percent_encode(value, &mut query);
+            }
+        }
+        query
+    }
+}
+
+/// Decodes `%XX` escapes (as `encodeURIComponent` makes them); anything
+/// malformed is kept as it is.
+pub fn percent_decode(input: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(input.len());
+    let mut i = 0;
+    let hex = |b: u8| (b as char).to_digit(16);
+    while i < input.len() {
+        match (input[i], input.get(i + 1), input.get(i + 2)) {
+            (b'%', Some(&h), Some(&l)) => match (hex(h), hex(l)) {
+                (Some(h), Some(l)) => {
+                    out.push((h * 16 + l) as u8);
+                    i += 3;
+                }
+                _ => {
+                    out.push(b'%');
+                    i += 1;
+                }
+            },
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+/// Appends `value` with every byte but RFC 3986's unreserved ones
+/// (`A-Z a-z 0-9 - . _ ~`) written as `%XX`.
+fn percent_encode(value: &str, out: &mut String) {
+    for b in value.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+}
+
 /// How events are encoded for one connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Encoding {
@@ -374,6 +493,17 @@ pub enum Event {
         /// session, which owns the limit.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         rate: Option<RateInfo>,
+        /// The nickname the client has from the start (asked for with the
+        /// upgrade, see [`Hello`], or taken back with a reclaim token);
+        /// absent when it has none yet.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        nick: Option<String>,
+        /// This session's reclaim token: shown by a reconnect
+        /// (`?reclaim=TOKEN`), it takes the nickname and room back. Only in
+        /// the JSON encoding (the text line never shows it), and absent
+        /// from servers older than it, which also ignore [`Hello`].
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reclaim: Option<String>,
     },
     /// A chat message in a room.
     Message(ChatLine),
@@ -544,12 +674,12 @@ impl Event {
                 addr,
                 room,
                 online,
+                nick,
                 ..
             } => {
-                let _ = write!(
-                    out,
-                    "* welcome to {server}! you are {addr} in {room}; {online} online; /help lists commands"
-                );
+                let _ = write!(out, "* welcome to {server}! you are ");
+                full_name(out, nick.as_deref(), *addr);
+                let _ = write!(out, " in {room}; {online} online; /help lists commands");
             }
             Event::Message(line) => {
                 full_name(out, line.nick.as_deref(), line.from);

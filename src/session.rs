@@ -56,8 +56,8 @@ use crate::fanout::outbox::{frame_event, Outbox};
 use crate::fanout::socket::Transport;
 use crate::hub::{History, Hub, Joined, MemberId};
 use crate::protocol::{
-    parse_command, parse_input, Command, Encoding, Event, Input, RateInfo, DEFAULT_HISTORY_REPLAY,
-    RATE_REFUSED,
+    parse_command, parse_input, Command, Encoding, Event, Hello, Input, RateInfo,
+    DEFAULT_HISTORY_REPLAY, RATE_REFUSED,
 };
 
 /// Most room messages written in one turn before the loop looks at the
@@ -96,6 +96,10 @@ pub const FLOOD_WINDOW: Duration = Duration::from_secs(10);
 /// Close code for a client that did not answer a ping in time: one of the
 /// codes RFC 6455 leaves to applications (4000-4999).
 pub const PING_TIMEOUT_CLOSE: u16 = 4000;
+/// Close code for a connection whose place a reconnect took back with its
+/// reclaim token (the ghost of a dropped connection): the client should
+/// not reconnect, its successor is already there.
+pub const REPLACED_CLOSE: u16 = 4001;
 
 /// What one connection may cost. `None` means no limit.
 #[derive(Debug, Clone)]
@@ -152,13 +156,16 @@ pub fn run<S>(
     ws: WebSocketStream<S>,
     addr: SocketAddr,
     encoding: Encoding,
+    hello: Hello,
     hub: Hub,
     config: &SessionConfig,
 ) -> impl Future<Output = ()>
 where
     S: Transport,
 {
-    let mut connected = hub.connect_as(addr, encoding);
+    // Used here and dropped: the session keeps nothing of it.
+    let mut connected = hub.connect_with(addr, encoding, &hello);
+    drop(hello);
     // The welcome tells the client our limit, so it can pace itself.
     if let Event::Welcome { rate, .. } = &mut connected.welcome {
         *rate = config.rate.map(|r| RateInfo {
@@ -188,16 +195,34 @@ where
     // Welcome, then history, then live lines: the hub subscribed us and
     // took the history snapshot together, so nothing is missed or doubled.
     session.reply(&connected.welcome);
+    for notice in &connected.notices {
+        session.reply(notice);
+    }
     session.replay(&connected.joined.history);
     let keepalive = config
         .ping_interval
         .map(|interval| Keepalive::new(interval, config.ping_timeout, now));
     async move {
-        let end = session.serve(keepalive).await;
+        let mut end = session.serve(keepalive).await;
+        if matches!(end, End::Shutdown) && !session.hub.is_closing() {
+            // Our mailbox was closed by a reclaim, not by shutdown.
+            end = End::Replaced;
+        }
         session.hub.metrics().disconnected(end.label());
-        session
-            .hub
-            .disconnect(session.id, end.leave_reason().as_deref());
+        let reason = end.leave_reason();
+        if !end.gets_grace() {
+            session.hub.disconnect(session.id, reason.as_deref());
+        } else if let Some(grace) = session.hub.hold(session.id, reason.as_deref()) {
+            // The leave is announced when the grace ends, unless a
+            // reconnect takes the place back first (then this finds
+            // nothing). A task of its own, so the connection's task, and
+            // its place in the connection caps, end now.
+            let (hub, id) = (session.hub.clone(), session.id);
+            tokio::spawn(async move {
+                tokio::time::sleep(grace).await;
+                hub.expire(id);
+            });
+        }
         // Boxed: the closing handshake runs once, and inline its state would
         // make every connection's task bigger for its whole life.
         Box::pin(session.finish(end)).await;
@@ -222,6 +247,8 @@ enum End {
     TimedOut { writing: bool },
     /// Kept sending over the rate limit after being told to slow down.
     Flooded,
+    /// A reconnect took this session's place with its reclaim token.
+    Replaced,
 }
 
 impl End {
@@ -238,7 +265,22 @@ impl End {
             End::TimedOut { writing: true } => "slow_reader",
             End::TimedOut { writing: false } => "ping_timeout",
             End::Flooded => "flooding",
+            End::Replaced => "replaced",
         }
+    }
+
+    /// Whether the connection was lost without a Close (dropped, reset,
+    /// no answer to pings), so the member's place is held for the grace
+    /// period (see `Hub::hold`). A clean `/quit` or Close, and the
+    /// server's own reasons (a broken protocol, flooding, a client that
+    /// stopped reading while still connected), announce at once.
+    fn gets_grace(&self) -> bool {
+        matches!(
+            self,
+            End::Gone
+                | End::Failed(tokio_websockets::Error::Io(_))
+                | End::TimedOut { writing: false }
+        )
     }
 
     /// What the others in the room are told about this departure.
@@ -254,6 +296,8 @@ impl End {
             End::Gone | End::Failed(_) => Some("connection lost".into()),
             End::TimedOut { .. } => Some("ping timeout".into()),
             End::Flooded => Some("flooding".into()),
+            // Never announced: the successor has the place.
+            End::Replaced => None,
         }
     }
 }
@@ -763,6 +807,14 @@ where
                     "flooding: too many messages over the rate limit",
                 )
                 .await;
+                self.linger().await;
+            }
+            End::Replaced => {
+                info!("closing: a reconnect took this session's place");
+                // Most often nobody hears it: the ghost of a dropped
+                // connection.
+                self.queue_close(close_code(REPLACED_CLOSE), "replaced by a new connection")
+                    .await;
                 self.linger().await;
             }
         }

@@ -11,7 +11,7 @@ use chat::http::tls::{self, TLS_HANDSHAKE_TIMEOUT};
 use chat::http::HANDSHAKE_TIMEOUT;
 use chat::hub::{
     HubConfig, DEFAULT_CHANNEL_CAPACITY, DEFAULT_HISTORY_DEPTH, DEFAULT_MAX_ROOMS,
-    DEFAULT_PRESENCE_LIMIT,
+    DEFAULT_PRESENCE_LIMIT, DEFAULT_RECONNECT_GRACE,
 };
 use chat::server::{self, Config};
 use chat::store::sqlite::{self, Durability};
@@ -71,6 +71,11 @@ struct Args {
     /// (0: always announce).
     #[arg(long, default_value_t = DEFAULT_PRESENCE_LIMIT)]
     presence_limit: usize,
+    /// Seconds the place of a client whose connection was lost (no Close)
+    /// is held: its nickname reserved and its leave not announced, so that
+    /// it can come back unnoticed (0: announce the leave at once).
+    #[arg(long, value_name = "SECONDS", default_value_t = DEFAULT_RECONNECT_GRACE.as_secs())]
+    reconnect_grace: u64,
     /// Most connections open at once, handshakes included (0: no limit).
     /// One more is answered 503 Service Unavailable.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_CONNECTIONS)]
@@ -305,6 +310,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
             },
             max_rooms: args.max_rooms,
             presence_limit: args.presence_limit,
+            reconnect_grace: Duration::from_secs(args.reconnect_grace),
         },
         handshake_timeout: seconds(args.handshake_timeout),
         tls,

@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context as _};
 use http::header::{AUTHORIZATION, SEC_WEBSOCKET_PROTOCOL};
+use http::uri::PathAndQuery;
 use http::{HeaderValue, Uri};
 use tokio_rustls::rustls::client::danger::{
     HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier,
@@ -31,7 +32,7 @@ use tokio_rustls::rustls::{
 };
 use tokio_websockets::{ClientBuilder, Limits, MaybeTlsStream, WebSocketStream};
 
-use crate::protocol::JSON_SUBPROTOCOL;
+use crate::protocol::{Hello, JSON_SUBPROTOCOL};
 
 /// How long connecting (TCP, TLS and handshake) may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -95,11 +96,12 @@ impl Connector {
         &self.url
     }
 
-    /// Opens a connection asking for the JSON encoding, or explains in one
-    /// sentence why not.
-    pub async fn connect(&self) -> anyhow::Result<Socket> {
+    /// Opens a connection asking for the JSON encoding and for what
+    /// `hello` asks (query parameters of the upgrade URL), or explains in
+    /// one sentence why not.
+    pub async fn connect(&self, hello: &Hello) -> anyhow::Result<Socket> {
         let url = &self.url;
-        let mut builder = ClientBuilder::from_uri(self.uri.clone())
+        let mut builder = ClientBuilder::from_uri(with_hello(&self.uri, hello)?)
             // A hostile server must not make us allocate without bound.
             .limits(Limits::default().max_payload_len(Some(self.max_incoming)))
             .add_header(
@@ -139,6 +141,26 @@ impl Connector {
         }
         Ok(ws)
     }
+}
+
+/// `uri` with `hello`'s parameters added to its query (after any the user
+/// gave in `--url`).
+fn with_hello(uri: &Uri, hello: &Hello) -> anyhow::Result<Uri> {
+    if hello.is_empty() {
+        return Ok(uri.clone());
+    }
+    let path = uri.path();
+    let path_and_query = match uri.query() {
+        Some(query) if !query.is_empty() => format!("{path}?{query}&{}", hello.to_query()),
+        _ => format!("{path}?{}", hello.to_query()),
+    };
+    let mut parts = uri.clone().into_parts();
+    // The error must not echo the query: it may hold the reclaim token.
+    parts.path_and_query = Some(
+        PathAndQuery::try_from(path_and_query)
+            .map_err(|_| anyhow!("cannot build the request URL"))?,
+    );
+    Uri::from_parts(parts).map_err(|_| anyhow!("cannot build the request URL"))
 }
 
 /// TLS settings trusting the system's roots plus the PEM certificates in
@@ -347,5 +369,30 @@ fn explain(e: &tokio_websockets::Error, sent_token: bool) -> String {
         ),
         tokio_websockets::Error::Upgrade(u) => format!("the WebSocket handshake failed: {u}"),
         other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_hello_goes_into_the_query_after_the_users_own() {
+        let hello = Hello {
+            nick: Some("alice".into()),
+            room: Some("#rust".into()),
+            reclaim: None,
+        };
+        let uri: Uri = "ws://127.0.0.1:2000".parse().unwrap();
+        assert_eq!(
+            with_hello(&uri, &hello).unwrap(),
+            "ws://127.0.0.1:2000/?nick=alice&room=%23rust"
+        );
+        let uri: Uri = "wss://chat.example.org/ws?token=s".parse().unwrap();
+        assert_eq!(
+            with_hello(&uri, &hello).unwrap(),
+            "wss://chat.example.org/ws?token=s&nick=alice&room=%23rust"
+        );
+        assert_eq!(with_hello(&uri, &Hello::default()).unwrap(), uri);
     }
 }

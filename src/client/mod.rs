@@ -37,11 +37,11 @@ use futures_util::{SinkExt as _, StreamExt as _};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio_websockets::{CloseCode, Message};
 
-use crate::protocol::{parse_input, Event, Input};
+use crate::protocol::{parse_input, Event, Hello, Input};
 use connect::{Connector, Socket, CONNECT_TIMEOUT};
 use pace::Pacer;
 use render::Level;
-use state::{Incoming, Tracker, Welcomed};
+use state::{Greeting, Incoming, Tracker, Welcomed};
 use tokio::time::Instant;
 
 /// The server address used when none is given.
@@ -278,6 +278,9 @@ enum Ended {
     Clean,
     /// The connection dropped; reconnecting may help.
     Lost(anyhow::Error),
+    /// The server ended it for a reason reconnecting would not help with
+    /// (another connection took our place with our reclaim token).
+    Over(anyhow::Error),
 }
 
 /// How a run of the client ended, when it ended cleanly.
@@ -302,20 +305,29 @@ pub(crate) async fn drive<S: Source, O: Screen>(
         .with_token(config.token.as_ref().map(Secret::expose))?;
     let mut tracker = Tracker::new();
     let mut outbox = Outbox::default();
-    for (cmd, arg) in [("/nick", &config.nick), ("/join", &config.room)] {
-        if let Some(arg) = arg {
-            outbox.lines.push_back(format!("{cmd} {arg}"));
-        }
-    }
     let mut backoff = Backoff::new(config);
     let mut first = true;
     loop {
+        // The nickname and room go with the upgrade, so the server
+        // announces us once, where we mean to be; on reconnecting, with the
+        // token that takes our place back.
+        let hello = tracker.hello(config.nick.as_deref(), config.room.as_deref());
         let ws = if first && !config.wait_for_server {
-            connector.connect().await?
+            connector.connect(&hello).await?
         } else {
             // Reconnecting: wait first (but not before the very first try).
             let wait = if first { None } else { Some(backoff.next()) };
-            match retry(&connector, &mut backoff, wait, input, screen, &mut outbox).await? {
+            match retry(
+                &connector,
+                &hello,
+                &mut backoff,
+                wait,
+                input,
+                screen,
+                &mut outbox,
+            )
+            .await?
+            {
                 Some(ws) => ws,
                 None => {
                     return Ok(Outcome {
@@ -325,7 +337,17 @@ pub(crate) async fn drive<S: Source, O: Screen>(
             }
         };
         first = false;
-        match session(&connector, ws, input, screen, &mut tracker, &mut outbox).await? {
+        match session(
+            &connector,
+            &hello,
+            ws,
+            input,
+            screen,
+            &mut tracker,
+            &mut outbox,
+        )
+        .await?
+        {
             Ended::Clean => {
                 return Ok(Outcome {
                     refused: tracker.refused(),
@@ -338,7 +360,7 @@ pub(crate) async fn drive<S: Source, O: Screen>(
                     .notice(Level::Warn, &format!("{e:#}; reconnecting"))
                     .await?;
             }
-            Ended::Lost(e) => return Err(e),
+            Ended::Lost(e) | Ended::Over(e) => return Err(e),
         }
     }
 }
@@ -384,6 +406,7 @@ enum Typed {
 /// meanwhile are queued; end of input or `/quit` gives up (`None`).
 async fn retry<S: Source, O: Screen>(
     connector: &Connector,
+    hello: &Hello,
     backoff: &mut Backoff,
     mut wait: Option<Duration>,
     input: &mut S,
@@ -406,7 +429,7 @@ async fn retry<S: Source, O: Screen>(
                 }
             }
         }
-        let attempt = connector.connect();
+        let attempt = connector.connect(hello);
         tokio::pin!(attempt);
         let result = loop {
             tokio::select! {
@@ -486,6 +509,7 @@ async fn offline_line<O: Screen>(
 /// One connection, from the welcome to its end.
 async fn session<S: Source, O: Screen>(
     connector: &Connector,
+    hello: &Hello,
     mut ws: Socket,
     input: &mut S,
     screen: &mut O,
@@ -497,7 +521,7 @@ async fn session<S: Source, O: Screen>(
     let first = tokio::time::timeout(CONNECT_TIMEOUT, ws.next())
         .await
         .map_err(|_| anyhow!("the server at {url} sent no welcome (is it a chat server?)"))?;
-    let raw = match first {
+    let mut raw = match first {
         Some(Ok(msg)) if msg.is_text() => msg.as_text().unwrap_or_default().to_string(),
         Some(Ok(msg)) if msg.is_close() => {
             return Ok(closed_by_server(url, msg.as_close(), false));
@@ -512,24 +536,41 @@ async fn session<S: Source, O: Screen>(
         room,
         epoch,
         rate,
+        nick,
+        reclaim,
         ..
     } = &event
     else {
         bail!("the server at {url} sent no welcome (is it a chat server?)");
     };
     let rate = *rate;
+    let greeting = Greeting {
+        addr: *addr,
+        room,
+        epoch: *epoch,
+        nick: nick.as_deref(),
+        reclaim: reclaim.as_deref(),
+    };
     let mut commands = Vec::new();
     let mut reconnected = false;
-    match tracker.welcome(*addr, room, *epoch) {
-        Welcomed::First => {
+    match tracker.welcome(&greeting, hello) {
+        Welcomed::First { commands: first } => {
+            // An older server's /nick and /join go before anything typed
+            // meanwhile, and like typed lines survive a drop before they
+            // are sent.
+            for command in first.into_iter().rev() {
+                outbox.lines.push_front(command);
+            }
+            // The token is ours alone: not in --json output either, which
+            // may well end up in a log file.
+            let mut shown = event.clone();
+            if let Event::Welcome { reclaim, .. } = &mut shown {
+                if reclaim.take().is_some() {
+                    raw = shown.to_json();
+                }
+            }
             screen
-                .event(
-                    &Incoming {
-                        event: event.clone(),
-                        raw,
-                    },
-                    Some(*addr),
-                )
+                .event(&Incoming { event: shown, raw }, Some(*addr))
                 .await?
         }
         Welcomed::Again {
@@ -681,6 +722,10 @@ fn closed_by_server(url: &str, close: Option<(CloseCode, &str)>, quitting: bool)
         // 1000 is the server's answer to /quit: the user asked to leave.
         Some((code, _)) if code == CloseCode::NORMAL_CLOSURE => Ended::Clean,
         _ if quitting => Ended::Clean,
+        Some((code, _)) if u16::from(code) == crate::session::REPLACED_CLOSE => Ended::Over(anyhow!(
+            "the server at {url} closed this connection: another connection took its place with its reclaim token (close code {})",
+            u16::from(code)
+        )),
         Some((code, r)) if code == CloseCode::GOING_AWAY => Ended::Lost(anyhow!(
             "the server at {url} went away: {} (close code {})",
             reason(r, "going away"),

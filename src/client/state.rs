@@ -10,7 +10,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 
-use crate::protocol::{Event, DEFAULT_ROOM, RATE_REFUSED};
+use super::Secret;
+use crate::protocol::{Event, Hello, DEFAULT_ROOM, RATE_REFUSED};
 
 /// Lines buffered while catching up before they are shown regardless, so a
 /// server that never answers `/resume` cannot make the client hoard.
@@ -25,15 +26,37 @@ pub struct Incoming {
     pub raw: String,
 }
 
+/// What a welcome says that the tracker keeps.
+#[derive(Debug, Clone, Copy)]
+pub struct Greeting<'a> {
+    /// Our address on this connection.
+    pub addr: SocketAddr,
+    /// The room the server put us in.
+    pub room: &'a str,
+    /// The server run's epoch.
+    pub epoch: u64,
+    /// The nickname the server gave us from the start.
+    pub nick: Option<&'a str>,
+    /// This session's reclaim token. Its presence also says that the
+    /// server read our [`Hello`]; an older server has neither.
+    pub reclaim: Option<&'a str>,
+}
+
 /// The outcome of a new connection's welcome.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Welcomed {
-    /// The first connection of this client: show the welcome.
-    First,
+    /// The first connection of this client: show the welcome, then send
+    /// `commands` (`/nick`, `/join`: only to an older server, which did not
+    /// read the nickname and room from our [`Hello`]).
+    First {
+        /// `/nick` and `/join`, in that order, or nothing.
+        commands: Vec<String>,
+    },
     /// A reconnection: send `commands` to restore the nickname and room and
     /// ask for the missed lines; don't show the welcome again.
     Again {
-        /// `/nick`, `/join` and `/resume`, in that order.
+        /// `/nick` and `/join` (to an older server only) and `/resume`, in
+        /// that order.
         commands: Vec<String>,
         /// The server has restarted since (a different epoch).
         restarted: bool,
@@ -56,6 +79,8 @@ pub struct Tracker {
     me: Option<SocketAddr>,
     nick: Option<String>,
     room: Option<String>,
+    /// The current session's reclaim token, shown by the next connection.
+    reclaim: Option<Secret>,
     epoch: Option<u64>,
     /// Highest `seq` shown per room, in the current epoch.
     seen: HashMap<String, u64>,
@@ -101,26 +126,67 @@ impl Tracker {
         self.catch_up.is_some()
     }
 
-    /// Records a new connection's welcome and says what to do about it.
-    pub fn welcome(&mut self, addr: SocketAddr, room: &str, epoch: u64) -> Welcomed {
-        self.me = Some(addr);
-        let Some(old_epoch) = self.epoch.replace(epoch) else {
-            self.room = Some(room.to_string());
-            return Welcomed::First;
+    /// What to ask for with the next connection's upgrade: at first the
+    /// nickname and room the user asked for, later the ones we have, with
+    /// the reclaim token that takes them back at once.
+    pub fn hello(&self, nick: Option<&str>, room: Option<&str>) -> Hello {
+        if !self.established() {
+            return Hello {
+                nick: nick.map(String::from),
+                room: room.map(String::from),
+                reclaim: None,
+            };
+        }
+        Hello {
+            nick: self.nick.clone(),
+            room: Some(self.room().to_string()),
+            reclaim: self.reclaim.as_ref().map(|s| s.expose().to_string()),
+        }
+    }
+
+    /// Records a new connection's welcome and says what to do about it;
+    /// `asked` is the [`Hello`] this connection was opened with.
+    pub fn welcome(&mut self, greeting: &Greeting<'_>, asked: &Hello) -> Welcomed {
+        self.me = Some(greeting.addr);
+        // A server that sends a token read the Hello: what it could not
+        // grant it has said why, and asking again would only repeat that.
+        let read_hello = greeting.reclaim.is_some();
+        self.reclaim = greeting.reclaim.map(Secret::new);
+        let Some(old_epoch) = self.epoch.replace(greeting.epoch) else {
+            self.room = Some(greeting.room.to_string());
+            self.nick = greeting.nick.map(String::from);
+            let mut commands = Vec::new();
+            if !read_hello {
+                if let Some(nick) = &asked.nick {
+                    commands.push(format!("/nick {nick}"));
+                }
+                if let Some(room) = &asked.room {
+                    if !same_room(room, greeting.room) {
+                        commands.push(format!("/join {room}"));
+                    }
+                }
+            }
+            return Welcomed::First { commands };
         };
-        let target = self.room().to_string();
         let mut commands = Vec::new();
-        if let Some(nick) = &self.nick {
-            commands.push(format!("/nick {nick}"));
+        if read_hello {
+            // Where the server put us is where we are now.
+            self.nick = greeting.nick.map(String::from);
+            self.room = Some(greeting.room.to_string());
+        } else {
+            if let Some(nick) = &self.nick {
+                commands.push(format!("/nick {nick}"));
+            }
+            if !same_room(self.room(), greeting.room) {
+                commands.push(format!("/join {}", self.room()));
+            }
         }
-        if !target.eq_ignore_ascii_case(room) {
-            commands.push(format!("/join {target}"));
-        }
+        let target = self.room().to_string();
         let last = self.seen.get(&target).copied().unwrap_or(0);
         // Asked with the old epoch even after a restart, so the server's
         // answer says plainly that the lines in between are gone.
         commands.push(format!("/resume {old_epoch} {last}"));
-        let restarted = old_epoch != epoch;
+        let restarted = old_epoch != greeting.epoch;
         if restarted {
             // The new run numbers from 1 again: old numbers mean nothing.
             self.seen.clear();
@@ -222,6 +288,13 @@ impl Tracker {
     }
 }
 
+/// Whether two room names, as typed (`rust`, `#Rust`) or as the server
+/// writes them, are the same room.
+fn same_room(a: &str, b: &str) -> bool {
+    let bare = |r: &str| r.strip_prefix('#').unwrap_or(r).to_ascii_lowercase();
+    bare(a) == bare(b)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -253,6 +326,17 @@ mod tests {
         }
     }
 
+    /// A welcome from an older server, which ignores the Hello.
+    fn old(addr: SocketAddr, room: &str, epoch: u64) -> Greeting<'_> {
+        Greeting {
+            addr,
+            room,
+            epoch,
+            nick: None,
+            reclaim: None,
+        }
+    }
+
     fn seqs(shown: &[Incoming]) -> Vec<u64> {
         shown
             .iter()
@@ -266,7 +350,10 @@ mod tests {
     #[test]
     fn first_welcome_is_shown_and_lines_pass() {
         let mut t = Tracker::new();
-        assert_eq!(t.welcome(addr(1), "#lobby", 7), Welcomed::First);
+        assert_eq!(
+            t.welcome(&old(addr(1), "#lobby", 7), &Hello::default()),
+            Welcomed::First { commands: vec![] }
+        );
         assert_eq!(seqs(&t.accept(msg("#lobby", 1, true))), [1]);
         assert_eq!(seqs(&t.accept(msg("#lobby", 2, false))), [2]);
     }
@@ -274,7 +361,7 @@ mod tests {
     #[test]
     fn a_reconnect_restores_identity_and_shows_each_missed_line_once() {
         let mut t = Tracker::new();
-        t.welcome(addr(1), "#lobby", 7);
+        t.welcome(&old(addr(1), "#lobby", 7), &Hello::default());
         t.accept(inc(Event::Nick {
             addr: addr(1),
             old: None,
@@ -288,7 +375,7 @@ mod tests {
         for seq in 1..=5 {
             t.accept(msg("#rust", seq, false));
         }
-        let again = t.welcome(addr(2), "#lobby", 7);
+        let again = t.welcome(&old(addr(2), "#lobby", 7), &Hello::default());
         assert_eq!(
             again,
             Welcomed::Again {
@@ -334,11 +421,11 @@ mod tests {
     #[test]
     fn after_a_restart_old_numbers_are_forgotten() {
         let mut t = Tracker::new();
-        t.welcome(addr(1), "#lobby", 7);
+        t.welcome(&old(addr(1), "#lobby", 7), &Hello::default());
         for seq in 1..=5 {
             t.accept(msg("#lobby", seq, false));
         }
-        let again = t.welcome(addr(2), "#lobby", 8);
+        let again = t.welcome(&old(addr(2), "#lobby", 8), &Hello::default());
         assert_eq!(
             again,
             Welcomed::Again {
@@ -357,5 +444,64 @@ mod tests {
         }));
         assert!(matches!(shown[0].event, Event::Resumed { .. }));
         assert_eq!(seqs(&shown), [1]);
+    }
+
+    #[test]
+    fn an_older_server_is_sent_nick_and_join_after_the_first_welcome() {
+        let mut t = Tracker::new();
+        let asked = t.hello(Some("alice"), Some("rust"));
+        assert_eq!(asked.to_query(), "nick=alice&room=rust");
+        assert_eq!(
+            t.welcome(&old(addr(1), "#lobby", 7), &asked),
+            Welcomed::First {
+                commands: vec!["/nick alice".into(), "/join rust".into()]
+            }
+        );
+    }
+
+    #[test]
+    fn a_server_that_read_the_hello_is_sent_only_the_resume() {
+        let mut t = Tracker::new();
+        let asked = t.hello(Some("alice"), Some("#rust"));
+        let first = Greeting {
+            addr: addr(1),
+            room: "#rust",
+            epoch: 7,
+            nick: Some("alice"),
+            reclaim: Some("t1"),
+        };
+        assert_eq!(
+            t.welcome(&first, &asked),
+            Welcomed::First { commands: vec![] }
+        );
+        assert_eq!((t.nick(), t.room()), (Some("alice"), "#rust"));
+        for seq in 1..=3 {
+            t.accept(msg("#rust", seq, false));
+        }
+        // The reconnect shows the token and asks for the same place.
+        let asked = t.hello(Some("ignored"), None);
+        assert_eq!(
+            asked,
+            Hello {
+                nick: Some("alice".into()),
+                room: Some("#rust".into()),
+                reclaim: Some("t1".into()),
+            }
+        );
+        let again = Greeting {
+            addr: addr(2),
+            reclaim: Some("t2"),
+            ..first
+        };
+        assert_eq!(
+            t.welcome(&again, &asked),
+            Welcomed::Again {
+                commands: vec!["/resume 7 3".into()],
+                restarted: false
+            }
+        );
+        assert_eq!(t.hello(None, None).reclaim.as_deref(), Some("t2"));
+        // The token never shows in the tracker's Debug.
+        assert!(!format!("{t:?}").contains("t2"));
     }
 }

@@ -58,7 +58,7 @@ use tracing::{debug, info, Instrument as _};
 use crate::fanout::socket::{SharedTcp, Transport};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
-use crate::protocol::Encoding;
+use crate::protocol::{Encoding, Hello};
 use crate::server::Config;
 use crate::session;
 use admission::Ticket;
@@ -113,6 +113,9 @@ pub enum Serves {
 struct Pending {
     on_upgrade: OnUpgrade,
     encoding: Encoding,
+    /// The upgrade URL's query parameters, for the hub's connect; dropped
+    /// once the session has used them.
+    hello: Hello,
 }
 
 /// One connection from TCP accept to its session (or its last HTTP
@@ -218,6 +221,7 @@ async fn serve_http<S: Socket>(stream: S, addr: SocketAddr, ticket: Ticket, door
     let Some(Pending {
         on_upgrade,
         encoding,
+        hello,
     }) = taken
     else {
         return;
@@ -237,6 +241,7 @@ async fn serve_http<S: Socket>(stream: S, addr: SocketAddr, ticket: Ticket, door
                 parts.io.into_inner().direct(),
                 addr,
                 encoding,
+                hello,
                 ticket,
                 &door,
             );
@@ -250,6 +255,7 @@ async fn serve_http<S: Socket>(stream: S, addr: SocketAddr, ticket: Ticket, door
             },
             addr,
             encoding,
+            hello,
             ticket,
             &door,
         ),
@@ -259,8 +265,14 @@ async fn serve_http<S: Socket>(stream: S, addr: SocketAddr, ticket: Ticket, door
 
 /// The session in a task of its own, sized for the session alone: a
 /// connection lives for hours, and this task carried the HTTP connection.
-fn start_session<T>(stream: T, addr: SocketAddr, encoding: Encoding, ticket: Ticket, door: &Door)
-where
+fn start_session<T>(
+    stream: T,
+    addr: SocketAddr,
+    encoding: Encoding,
+    hello: Hello,
+    ticket: Ticket,
+    door: &Door,
+) where
     T: Transport + Send + 'static,
 {
     info!(encoding = ?encoding, "connected");
@@ -272,7 +284,14 @@ where
     let ws = ServerBuilder::new().limits(limits).serve(stream);
     drop(aside);
     // Shutdown reaches the session through the hub (`Hub::shutdown`).
-    let session = session::run(ws, addr, encoding, door.hub.clone(), &door.config.session);
+    let session = session::run(
+        ws,
+        addr,
+        encoding,
+        hello,
+        door.hub.clone(),
+        &door.config.session,
+    );
     door.metrics.session_opened();
     let metrics = door.metrics.clone();
     // (`map`, not an `async` block, which would hold the session future
@@ -312,10 +331,14 @@ fn respond(
     match policy::negotiate(&req, policy) {
         Ok((encoding, response)) => {
             let on_upgrade = hyper::upgrade::on(&mut req);
+            // Parsed now, while the request is at hand; the query itself is
+            // not kept (the reclaim token in it is a secret).
+            let hello = req.uri().query().map(Hello::from_query).unwrap_or_default();
             if let Ok(mut slot) = pending.lock() {
                 *slot = Some(Pending {
                     on_upgrade,
                     encoding,
+                    hello,
                 });
             }
             // The request as later layers may see it: path and query kept,

@@ -20,7 +20,7 @@ use http::uri::{Authority, PathAndQuery};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use subtle::ConstantTimeEq as _;
 
-use crate::protocol::{Encoding, JSON_SUBPROTOCOL, TEXT_SUBPROTOCOL};
+use crate::protocol::{percent_decode, Encoding, JSON_SUBPROTOCOL, TEXT_SUBPROTOCOL};
 
 /// Fixed GUID from RFC 6455, section 1.3.
 const WEBSOCKET_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
@@ -345,27 +345,6 @@ fn query_tokens(uri: &Uri) -> impl Iterator<Item = Vec<u8>> + '_ {
         .split('&')
         .filter_map(|pair| pair.strip_prefix("token="))
         .map(|value| percent_decode(value.as_bytes()))
-}
-
-/// Decodes `%XX` escapes (as `encodeURIComponent` makes them); anything
-/// malformed is kept as it is.
-fn percent_decode(input: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(input.len());
-    let mut i = 0;
-    while i < input.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        match (input[i], input.get(i + 1), input.get(i + 2)) {
-            (b'%', Some(&h), Some(&l)) if hex(h).is_some() && hex(l).is_some() => {
-                out.push((hex(h).unwrap_or(0) * 16 + hex(l).unwrap_or(0)) as u8);
-                i += 3;
-            }
-            (b, _, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    out
 }
 
 /// A peer-supplied header value made fit for a log line: quoted, escaped,

@@ -255,8 +255,8 @@ async fn two_browsers_and_the_terminal_client_talk_and_markup_stays_text() {
         open(&ben, server.addr).await;
         set_nick(&ben, "ben").await;
         let mut term = Terminal::start(server.addr, "tom");
-        term.until("is now known as tom").await;
-        until_logged(&ann, "is now known as tom").await;
+        term.until("* tom (").await;
+        until_logged(&ann, "tom (").await;
 
         say(&ann, "hello from ann").await;
         until_logged(&ben, "hello from ann").await;
@@ -531,7 +531,7 @@ async fn screenshot_for_the_readme() {
         open(&ann, server.addr).await;
         set_nick(&ann, "ann").await;
         let mut tom = Terminal::start(server.addr, "tom");
-        until_logged(&ann, "is now known as tom").await;
+        until_logged(&ann, "tom (").await;
         say(&ann, "hi ben, hi tom!").await;
         until_logged(&ben, "hi ben, hi tom!").await;
         say(&ben, "hello ann").await;

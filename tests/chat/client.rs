@@ -221,7 +221,9 @@ async fn after_a_network_failure_the_client_shows_each_missed_message_once() {
     let mut carol = Driven::reconnecting(&proxy.url(), "carol");
     let welcome = carol.line().await;
     assert!(welcome.starts_with("* welcome"), "{welcome}");
-    carol.until(|l| l.ends_with("is now known as carol")).await;
+    carol
+        .until(|l| l.starts_with("* carol (") && l.ends_with(") joined #lobby"))
+        .await;
     let mut bob = Client::connect(&server).await;
     say_all(&mut bob, &["one", "two"]).await;
     carol.until(|l| l.ends_with(": two")).await;
@@ -267,7 +269,9 @@ async fn a_server_restart_is_reported_and_the_new_run_is_shown() {
     let first = TestServer::start().await;
     let proxy = Proxy::start(first.addr).await;
     let mut carol = Driven::reconnecting(&proxy.url(), "carol");
-    carol.until(|l| l.ends_with("is now known as carol")).await;
+    carol
+        .until(|l| l.starts_with("* carol (") && l.ends_with(") joined #lobby"))
+        .await;
     let mut bob = Client::connect(&first).await;
     say_all(&mut bob, &["before"]).await;
     carol.until(|l| l.ends_with(": before")).await;
@@ -312,7 +316,9 @@ async fn messages_beyond_the_servers_history_are_reported_lost() {
     let server = server_with_history(2).await;
     let proxy = Proxy::start(server.addr).await;
     let mut carol = Driven::reconnecting(&proxy.url(), "carol");
-    carol.until(|l| l.ends_with("is now known as carol")).await;
+    carol
+        .until(|l| l.starts_with("* carol (") && l.ends_with(") joined #lobby"))
+        .await;
     let mut bob = Client::connect(&server).await;
     say_all(&mut bob, &["seen"]).await;
     carol.until(|l| l.ends_with(": seen")).await;
@@ -358,6 +364,150 @@ async fn the_room_and_nickname_are_restored_after_reconnecting() {
     assert!(who.last().unwrap().contains("carol ("), "{who:?}");
     carol.finish().await.unwrap();
     server.shutdown().await;
+}
+
+/// Reads `peer`'s lines until its own message `text` comes back and
+/// returns those before it: everything published before it.
+async fn lines_before_own(peer: &mut Client, text: &str) -> Vec<String> {
+    peer.send(text).await;
+    let own = format!("{}: {text}", peer.addr);
+    let mut before = Vec::new();
+    for _ in 0..1000 {
+        let line = peer.recv_text().await;
+        if line == own {
+            return before;
+        }
+        before.push(line);
+    }
+    panic!("own line {own:?} not within 1000 lines: {before:#?}");
+}
+
+#[tokio::test]
+async fn a_client_with_nick_and_room_is_announced_once_in_that_room() {
+    let server = TestServer::start().await;
+    let mut lobby = Client::connect(&server).await;
+    let mut rust = Client::connect(&server).await;
+    rust.send("/join #rust").await;
+    rust.recv_until(10, |l| l.ends_with(" joined #rust")).await;
+    lobby.recv_until(10, |l| l.contains(" left #lobby")).await;
+    let mut alice = Driven::start(Config {
+        nick: Some("alice".into()),
+        room: Some("#rust".into()),
+        ..Config::new(server.url())
+    });
+    let shown = alice.until(|l| l.contains(" joined #rust")).await;
+    assert_eq!(shown.len(), 2, "{shown:#?}");
+    assert!(
+        shown[0].starts_with("* welcome to chat! you are alice (")
+            && shown[0].contains(") in #rust;"),
+        "{shown:#?}"
+    );
+    // The room hears of alice once, by name; the lobby not at all.
+    let joined = rust.recv_text().await;
+    assert!(
+        joined.starts_with("* alice (") && joined.ends_with(") joined #rust"),
+        "{joined}"
+    );
+    alice.type_line("hi").await;
+    let hi = rust.recv_text().await;
+    assert!(hi.starts_with("alice (") && hi.ends_with("): hi"), "{hi}");
+    assert_eq!(
+        lines_before_own(&mut lobby, "quiet here").await,
+        Vec::<String>::new()
+    );
+    alice.finish().await.unwrap();
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_reconnect_takes_the_place_back_without_a_word_to_the_room() {
+    let server = TestServer::start().await;
+    let proxy = Proxy::start(server.addr).await;
+    let mut bob = Client::connect(&server).await;
+    let mut carol = Driven::reconnecting(&proxy.url(), "carol");
+    carol
+        .until(|l| l.starts_with("* carol (") && l.ends_with(") joined #lobby"))
+        .await;
+    bob.recv_until(10, |l| l.starts_with("* carol (")).await;
+    proxy.cut();
+    carol.until(|l| l.contains("reconnecting")).await;
+    proxy.release();
+    carol
+        .until(|l| l.starts_with("* caught up on #lobby"))
+        .await;
+    carol.type_line("back").await;
+    // Between carol's join and her next line, the room heard nothing of
+    // her: no leave, no join, no rename.
+    let own = |l: &str| l.starts_with("carol (") && l.ends_with("): back");
+    let mut heard = Vec::new();
+    for _ in 0..100 {
+        let line = bob.recv_text().await;
+        if own(&line) {
+            break;
+        }
+        heard.push(line);
+    }
+    assert_eq!(heard, Vec::<String>::new());
+    carol.finish().await.unwrap();
+    // Her /quit-less end (input ended: a Close frame) is announced at once.
+    bob.recv_until(10, |l| l == "* carol left #lobby").await;
+    server.shutdown().await;
+}
+
+/// A server from before the Hello (it ignores the URL's query and sends no
+/// reclaim token): records every line it is sent.
+async fn older_server() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<String>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let (tcp, peer) = listener.accept().await.unwrap();
+        let builder = ServerBuilder::new()
+            .add_header(
+                SEC_WEBSOCKET_PROTOCOL,
+                HeaderValue::from_static("chat.v1.json"),
+            )
+            .unwrap();
+        let (_req, mut ws) = builder.accept(tcp).await.unwrap();
+        let welcome = Event::Welcome {
+            server: "old".into(),
+            addr: peer,
+            room: "#lobby".into(),
+            online: 1,
+            epoch: 1,
+            rate: None,
+            nick: None,
+            reclaim: None,
+        };
+        let _ = ws.send(Message::text(welcome.to_json())).await;
+        while let Some(Ok(msg)) = ws.next().await {
+            if let Some(text) = msg.as_text() {
+                let _ = tx.send(text.to_string());
+            }
+        }
+    });
+    (addr, rx)
+}
+
+#[tokio::test]
+async fn an_older_server_is_sent_nick_and_join_after_the_welcome() {
+    let (addr, mut sent) = older_server().await;
+    let mut alice = Driven::start(Config {
+        nick: Some("alice".into()),
+        room: Some("#rust".into()),
+        ..Config::new(format!("ws://{addr}"))
+    });
+    assert!(alice.line().await.starts_with("* welcome to old!"));
+    let mut lines = Vec::new();
+    for _ in 0..2 {
+        let line = tokio::time::timeout(WAIT, sent.recv())
+            .await
+            .expect("the client sent nothing")
+            .expect("the server ended");
+        lines.push(line);
+    }
+    assert_eq!(lines, ["/nick alice", "/join #rust"]);
+    alice.finish().await.unwrap();
 }
 
 impl Driven {
@@ -424,6 +574,8 @@ async fn hostile_server(events: Vec<String>) -> SocketAddr {
             online: 1,
             epoch: 1,
             rate: None,
+            nick: None,
+            reclaim: None,
         };
         let _ = ws.send(Message::text(welcome.to_json())).await;
         for event in events {
@@ -767,8 +919,13 @@ async fn interactive_input_survives_incoming_messages() {
         "20",
         &command,
     ]);
-    tmux.wait_for("the prompt", |p| p.contains("is now known as erin"))
+    // Announced once, under the nickname it asked for with the upgrade.
+    let pane = tmux
+        .wait_for("the prompt", |p| {
+            p.contains("* erin (") && p.contains(") joined #lobby")
+        })
         .await;
+    assert!(!pane.contains("is now known as"), "{pane}");
     let mut bob = Client::connect(&server).await;
     // Half a line, not sent.
     tmux.run(&["send-keys", "-t", "chat", "-l", "half typed"]);
@@ -1483,6 +1640,8 @@ async fn refusing_server() -> SocketAddr {
             online: 1,
             epoch: 1,
             rate: None,
+            nick: None,
+            reclaim: None,
         };
         let _ = ws.send(Message::text(welcome.to_json())).await;
         while let Some(Ok(msg)) = ws.next().await {

@@ -1,5 +1,8 @@
 //! Issue 3: nicknames, presence, rooms, private messages, history.
 
+use std::time::Duration;
+
+use chat::server::Config;
 use futures_util::StreamExt as _;
 use serde_json::Value;
 use tokio_websockets::CloseCode;
@@ -204,7 +207,10 @@ async fn private_messages_are_seen_only_by_the_two() {
 
 #[tokio::test]
 async fn leave_notices_for_quit_and_abrupt_disconnects() {
-    let server = TestServer::start().await;
+    // A dropped connection's leave waits for the reconnect grace.
+    let mut config = Config::default();
+    config.hub.reconnect_grace = Duration::from_millis(200);
+    let server = TestServer::start_with(config).await;
     let mut watcher = Client::connect(&server).await;
     let mut quitter = Client::connect(&server).await;
     let dropper = Client::connect(&server).await;

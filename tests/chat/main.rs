@@ -12,6 +12,7 @@ mod durable;
 mod features;
 mod guard;
 mod nodes;
+mod presence;
 mod redis;
 mod redis_server;
 mod tls;

@@ -116,6 +116,33 @@ impl Client {
         Self::connect_with(server, subprotocol).await.0
     }
 
+    /// Connects to `/?QUERY` (the nickname, room and reclaim token a
+    /// client may ask for with its upgrade), offering `subprotocol` if
+    /// given; reads nothing.
+    pub async fn connect_query(
+        server: &TestServer,
+        query: &str,
+        subprotocol: Option<&'static str>,
+    ) -> Self {
+        let mut builder = ClientBuilder::new()
+            .uri(&format!("{}/?{query}", server.url()))
+            .unwrap();
+        if let Some(p) = subprotocol {
+            builder = builder
+                .add_header(SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(p))
+                .unwrap();
+        }
+        let (ws, _) = tokio::time::timeout(WAIT, builder.connect())
+            .await
+            .expect("connect timed out")
+            .expect("connect failed");
+        let MaybeTlsStream::Plain(tcp) = ws.get_ref() else {
+            panic!("test clients connect without TLS");
+        };
+        let addr = tcp.local_addr().unwrap();
+        Client { ws, addr }
+    }
+
     /// Connects and returns the server's handshake response too.
     pub async fn connect_with(
         server: &TestServer,
