@@ -305,6 +305,52 @@ async fn two_browsers_and_the_terminal_client_talk_and_markup_stays_text() {
     server.shutdown().await;
 }
 
+/// A page that knows its nickname (remembered from the last visit) starts
+/// with it: the room hears it join once, by name, with no rename after.
+#[tokio::test]
+async fn a_remembered_nickname_is_announced_once_on_the_next_visit() {
+    let Some(driver) = Driver::start().await else {
+        return;
+    };
+    let server = TestServer::start_with(crate::support::unlimited_rate()).await;
+    let mut observer = Client::connect(&server).await;
+    let page = driver.session(1000, 700).await;
+    closing(vec![page.clone()], async {
+        open(&page, server.addr).await;
+        set_nick(&page, "ann").await;
+        observer
+            .recv_until(100, |l| l.contains("is now known as ann"))
+            .await;
+        // The next visit: the page remembers "ann" and asks for it in the URL.
+        page.refresh().await.unwrap();
+        until_state(&page, "connected").await;
+        let joined = observer
+            .recv_until(100, |l| l.contains("joined #lobby"))
+            .await;
+        assert!(joined.contains("ann ("), "announced by name: {joined}");
+        // Something after the join, to see nothing came between.
+        say(&page, "back again").await;
+        let mut between = Vec::new();
+        loop {
+            let line = observer.recv_text().await;
+            if line.contains("back again") {
+                assert!(line.starts_with("ann ("), "{line}");
+                break;
+            }
+            between.push(line);
+            assert!(between.len() < 100, "no line back: {between:?}");
+        }
+        assert!(
+            !between.iter().any(|l| l.contains("is now known as")),
+            "renamed after joining: {between:?}"
+        );
+        let shown = eval(&page, "return document.getElementById('nick').value").await;
+        assert_eq!(shown, json!("ann"));
+    })
+    .await;
+    server.shutdown().await;
+}
+
 /// Scrollback in the page: joining shows the room's recent lines, and
 /// "Earlier messages" puts the ones before them on top, in order, until
 /// the first line; then it is no longer offered.

@@ -45,6 +45,9 @@
   let me = { addr: null, nick: null };
   let room = DEFAULT_ROOM;
   let welcomed = false;
+  // The last welcome's reclaim token: shown on reconnecting, it gives this
+  // page its place (nickname, room) back with nothing announced.
+  let reclaim = null;
   // Each room's epoch, as the welcome or joining it told: a room whose
   // epoch changed lost its history, so its numbers start afresh.
   const epochs = new Map();
@@ -430,7 +433,15 @@
     }
     epochs.set(ev.room, ev.epoch);
     olderPending = null;
-    me = { addr: ev.addr, nick: null };
+    // A server that hands out reclaim tokens took the nickname and room
+    // from the URL (or gave the place back); an older one needs commands.
+    const tookHello = typeof ev.reclaim === "string";
+    reclaim = tookHello ? ev.reclaim : null;
+    me = { addr: ev.addr, nick: ev.nick || null };
+    if (me.nick) {
+      nickInput.value = me.nick;
+      storeNick(me.nick);
+    }
     attempt = 0;
     setState("connected", "connected");
     setRoom(ev.room);
@@ -440,10 +451,13 @@
         ? `welcome to ${ev.server}! you are ${ev.addr} in ${ev.room}; ${ev.online} online; /help lists commands`
         : `reconnected as ${ev.addr}; ${ev.online} online`,
     );
-    const nick = storedNick();
-    if (nick) send(`/nick ${nick}`);
-    if (!first && resumeFrom.room !== ev.room) send(`/join ${resumeFrom.room}`);
-    if (!first && resumeFrom.seq > 0 && resumeFrom.epoch !== undefined) {
+    if (!tookHello) {
+      const nick = storedNick();
+      if (nick) send(`/nick ${nick}`);
+      if (!first && resumeFrom.room !== ev.room) send(`/join ${resumeFrom.room}`);
+    }
+    const inRoom = !tookHello || resumeFrom.room === ev.room;
+    if (!first && inRoom && resumeFrom.seq > 0 && resumeFrom.epoch !== undefined) {
       send(`/resume ${resumeFrom.epoch} ${resumeFrom.seq}`);
     }
     if (first || resumeFrom.room === ev.room) {
@@ -462,8 +476,16 @@
     try {
       // A server started with --token: open the page as /?token=SECRET
       // (a browser cannot set the Authorization header on a WebSocket).
+      const params = new URLSearchParams();
       const token = new URLSearchParams(location.search).get("token");
-      const query = token ? `?token=${encodeURIComponent(token)}` : "";
+      if (token) params.set("token", token);
+      // Who and where to start: announced once, in that room; with the
+      // token, the held place itself.
+      if (reclaim) params.set("reclaim", reclaim);
+      const nick = me.nick || storedNick();
+      if (nick) params.set("nick", nick);
+      if (room !== DEFAULT_ROOM) params.set("room", room);
+      const query = params.toString() ? `?${params}` : "";
       socket = new WebSocket(`${scheme}//${location.host}/ws${query}`, SUBPROTOCOL);
     } catch (e) {
       notice(`cannot open a connection to ${location.host}: ${e.message}`, "error");
