@@ -807,27 +807,28 @@ impl Writer {
                     return;
                 }
             }
-            // Everything already queued joins this batch (group commit),
-            // within the queue's bound while commits fail.
-            while closing.is_none()
-                && pending.len()
-                    < BATCH.max(if self.failing_since.is_some() {
-                        QUEUE
-                    } else {
-                        0
-                    })
-            {
-                // What arrives within GATHER of the batch's first line joins
-                // it: one commit for a burst rather than one per line.
+            // What arrives within GATHER of the batch's first line joins it:
+            // one commit for a burst rather than one per line. The writer
+            // sleeps the window out rather than waiting on the queue: a
+            // receiver blocked on it is woken by every line sent (a system
+            // call and a switch of threads per line, on the chat's core).
+            if !pending.is_empty() && waiting.is_empty() && closing.is_none() {
                 let left = GATHER.saturating_sub(gathering.elapsed());
-                let next = if pending.is_empty() || left.is_zero() || !waiting.is_empty() {
-                    ops.try_recv().map_err(|_| ())
-                } else {
-                    ops.recv_timeout(left).map_err(|_| ())
-                };
-                match next {
+                if !left.is_zero() {
+                    std::thread::sleep(left);
+                }
+            }
+            // Everything queued by now joins this batch (group commit),
+            // within the queue's bound while commits fail.
+            let cap = BATCH.max(if self.failing_since.is_some() {
+                QUEUE
+            } else {
+                0
+            });
+            while closing.is_none() && pending.len() < cap {
+                match ops.try_recv() {
                     Ok(op) => self.take(op, &mut pending, &mut waiting, &mut closing),
-                    Err(()) => break,
+                    Err(_) => break,
                 }
             }
             if !pending.is_empty() {
