@@ -57,11 +57,11 @@ t send-keys -t demo:0.$SERVER "clear; $server_cmd" Enter
 wait_for $SERVER "listening on"
 
 t send-keys -t demo:0.$ALICE "clear; $BIN/client --url $URL --nick alice" Enter
-wait_for $ALICE "is now known as alice"
+wait_for $ALICE "[#lobby alice]"
 t send-keys -t demo:0.$BOB "clear; $BIN/client --url $URL --nick bob" Enter
-wait_for $BOB "is now known as bob"
+wait_for $BOB "[#lobby bob]"
 t send-keys -t demo:0.$CAROL "clear; $BIN/client --url $URL --nick carol" Enter
-wait_for $CAROL "is now known as carol"
+wait_for $CAROL "[#lobby carol]"
 
 say $ALICE "hi all"
 wait_for $CAROL "hi all"
