@@ -21,7 +21,8 @@ struct Args {
     /// Nickname to take on connecting (and again after reconnecting).
     #[arg(long, env = "CHAT_NICK")]
     nick: Option<String>,
-    /// Room to join on connecting (the server puts everyone in #lobby first).
+    /// Room to start in (asked for when connecting; a server too old for
+    /// that puts everyone in #lobby first, and the client then joins it).
     #[arg(long, env = "CHAT_ROOM", default_value = chat::protocol::DEFAULT_ROOM)]
     room: String,
     /// The server's token, if it asks for one: sent as
