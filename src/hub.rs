@@ -304,7 +304,9 @@ struct Room {
     /// The live feed; it lets its events go when the last member's
     /// cursor does, so an idle room keeps no events but its history.
     feed: Feed,
-    /// Members in joining order, with their mailboxes.
+    /// Members by id, which is connection order (so `/who` lists a member
+    /// who connected earlier first, whenever each joined), with their
+    /// mailboxes.
     members: BTreeMap<MemberId, Arc<Mailbox>>,
     /// Takes what the feed gets to the members (the same mailboxes).
     writer: Arc<RoomWriter>,
