@@ -311,6 +311,45 @@ async fn a_server_restart_is_reported_and_the_new_run_is_shown() {
     second.shutdown().await;
 }
 
+/// History on disk: the client's automatic reconnect after a restart
+/// resumes where it was, gets what was said meanwhile once, and is not
+/// told the server restarted.
+#[tokio::test]
+async fn after_a_restart_on_disk_the_client_catches_up_without_a_restart_warning() {
+    let scratch = crate::durable::Scratch::new("client-restart");
+    let first = TestServer::start_with(crate::durable::on_disk(&scratch.db())).await;
+    let proxy = Proxy::start(first.addr).await;
+    let mut carol = Driven::reconnecting(&proxy.url(), "carol");
+    carol
+        .until(|l| l.starts_with("* carol (") && l.ends_with(") joined #lobby"))
+        .await;
+    let mut bob = Client::connect(&first).await;
+    say_all(&mut bob, &["before"]).await;
+    carol.until(|l| l.ends_with(": before")).await;
+
+    proxy.hold();
+    first.shutdown().await;
+    carol.until(|l| l.contains("reconnecting")).await;
+    let second = TestServer::start_with(crate::durable::on_disk(&scratch.db())).await;
+    proxy.point_to(second.addr);
+    let mut dave = Client::connect(&second).await;
+    say_all(&mut dave, &["meanwhile"]).await;
+    proxy.release();
+
+    let after = carol.until(|l| l.starts_with("* caught up")).await;
+    assert!(!after.iter().any(|l| l.contains("restarted")), "{after:#?}");
+    assert_eq!(
+        news(&after),
+        [
+            format!("{}: meanwhile", dave.addr),
+            "* caught up on #lobby: 1 missed message".to_string(),
+        ],
+        "{after:#?}"
+    );
+    carol.finish().await.unwrap();
+    second.shutdown().await;
+}
+
 #[tokio::test]
 async fn messages_beyond_the_servers_history_are_reported_lost() {
     let server = server_with_history(2).await;
