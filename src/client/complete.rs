@@ -25,6 +25,8 @@ pub struct Known {
     rooms: BTreeSet<String>,
     /// Our own nickname: never offered.
     me: Option<String>,
+    /// The oldest `seq` of this room shown, where PageUp pages back from.
+    oldest: Option<u64>,
 }
 
 /// What Tab does to the text before the cursor.
@@ -49,6 +51,7 @@ impl Known {
         if !self.room.eq_ignore_ascii_case(room) {
             self.room = room.to_string();
             self.nicks.clear();
+            self.oldest = None;
         }
         self.rooms.insert(room.to_string());
         self.me = me.map(str::to_string);
@@ -70,6 +73,7 @@ impl Known {
                 self.rooms.insert(room.clone());
             }
             Event::Message(line) | Event::Action(line) if here(&line.room) => {
+                self.oldest = Some(self.oldest.map_or(line.seq, |o| o.min(line.seq)));
                 if let Some(nick) = &line.nick {
                     self.nicks.insert(nick.clone());
                 }
@@ -102,6 +106,11 @@ impl Known {
             }
             _ => {}
         }
+    }
+
+    /// The oldest line of the current room shown so far, if any.
+    pub fn oldest(&self) -> Option<u64> {
+        self.oldest
     }
 
     fn nicks(&self) -> impl Iterator<Item = &str> {
@@ -233,6 +242,30 @@ mod tests {
         // Never ourselves, and nothing for an empty word.
         assert_eq!(complete("er", &k), Completion::None);
         assert_eq!(complete("", &k), Completion::None);
+    }
+
+    #[test]
+    fn the_oldest_line_shown_is_where_scrollback_starts_and_a_new_room_forgets_it() {
+        let mut k = known();
+        let line = |room: &str, seq| {
+            Event::Message(crate::protocol::ChatLine {
+                room: room.into(),
+                seq,
+                ts: 0,
+                from: addr(9),
+                nick: None,
+                text: "x".into(),
+                history: false,
+            })
+        };
+        assert_eq!(k.oldest(), None);
+        k.see(&line("#rust", 40));
+        k.see(&line("#rust", 12));
+        k.see(&line("#rust", 41));
+        k.see(&line("#lobby", 3));
+        assert_eq!(k.oldest(), Some(12), "only this room's lines count");
+        k.place("#lobby", Some("erin"));
+        assert_eq!(k.oldest(), None);
     }
 
     #[test]

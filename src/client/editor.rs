@@ -35,6 +35,8 @@ pub enum Action {
     Complete,
     /// Ctrl+L: clear the screen.
     Clear,
+    /// PageUp: show the room's lines before the oldest one shown.
+    Scrollback,
 }
 
 /// The line editor's state.
@@ -141,6 +143,7 @@ impl Editor {
             KeyCode::Down => self.newer(),
             KeyCode::Char('n') if ctrl => self.newer(),
             KeyCode::Tab => Action::Complete,
+            KeyCode::PageUp => Action::Scrollback,
             KeyCode::Char(c) if !ctrl && !alt => {
                 self.insert(c);
                 Action::Redraw
@@ -392,6 +395,7 @@ mod tests {
         let mut empty = Editor::new();
         assert_eq!(empty.key(ctrl('d')), Action::Quit { broke_off: false });
         assert_eq!(empty.key(ctrl('z')), Action::Suspend);
+        assert_eq!(empty.key(press(KeyCode::PageUp)), Action::Scrollback);
     }
 
     #[test]

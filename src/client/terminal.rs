@@ -62,6 +62,9 @@ pub(crate) fn prompt(status: &Status<'_>) -> String {
 }
 
 /// The terminal's state shared by the key reader and the printer.
+/// Lines PageUp asks for at a time.
+const SCROLLBACK_PAGE: usize = 50;
+
 struct Ui {
     editor: Editor,
     /// Names for Tab completion.
@@ -228,6 +231,21 @@ impl Keys {
                     }
                 }
                 Action::Suspend => ui.suspend()?,
+                // The page before the oldest line shown, asked for as the
+                // user could type it; it comes dimmed, under a header.
+                Action::Scrollback => match ui.known.oldest() {
+                    Some(seq) if seq > 1 => {
+                        self.ready
+                            .push_back(format!("/history {SCROLLBACK_PAGE} before {seq}"));
+                    }
+                    _ => {
+                        let line = ui.styled(&render::rich_notice(
+                            Level::Info,
+                            "nothing earlier to show in this room",
+                        ));
+                        ui.above(&line)?;
+                    }
+                },
                 Action::Clear => {
                     let mut out = io::stdout();
                     queue!(out, Clear(ClearType::All), cursor::MoveTo(0, 0))?;

@@ -1542,6 +1542,39 @@ async fn tab_completes_nicknames_commands_and_rooms() {
 }
 
 #[tokio::test]
+async fn page_up_shows_the_lines_before_the_oldest_one_shown() {
+    if !Tmux::available() {
+        eprintln!("SKIPPED page_up_shows_the_lines_before_the_oldest_one_shown: no tmux");
+        return;
+    }
+    let server = TestServer::start_with(crate::support::unlimited_rate()).await;
+    let mut bob = Client::connect(&server).await;
+    let lines: Vec<String> = (1..=80).map(|i| format!("old line {i}")).collect();
+    let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
+    say_all(&mut bob, &lines).await;
+    let tmux = Tmux::start(&client_command(&server, "--nick erin"));
+    // Joining shows the last 20.
+    tmux.wait_for("the recent lines", |p| p.contains("old line 80"))
+        .await;
+    tmux.wait_for("the prompt", |p| Tmux::last_line(p) == "[#lobby erin] >")
+        .await;
+    tmux.keys(&["PPage"]);
+    // The 50 before line 61: 11 to 60, the last of them just above the prompt.
+    tmux.wait_for("the page before", |p| p.contains("old line 60"))
+        .await;
+    tmux.keys(&["PPage"]);
+    tmux.wait_for("the page before that", |p| p.contains("old line 10"))
+        .await;
+    tmux.keys(&["PPage"]);
+    tmux.wait_for("the start", |p| {
+        p.contains("nothing earlier to show in this room")
+    })
+    .await;
+    tmux.keys(&["C-c"]);
+    server.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_line_naming_you_rings_the_bell_and_history_comes_under_a_header() {
     if !Tmux::available() {
         eprintln!(
