@@ -21,7 +21,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tokio_websockets::{Message, ServerBuilder};
+use tokio_websockets::{Message, ServerBuilder, WebSocketStream};
 
 use crate::support::{is_presence, Client, TestServer, WAIT};
 
@@ -493,6 +493,32 @@ async fn a_reconnect_takes_the_place_back_without_a_word_to_the_room() {
     server.shutdown().await;
 }
 
+/// A fake chat server's first steps: accepts one client on `listener`,
+/// upgrades it with the JSON subprotocol and welcomes it as `server`
+/// (no rate, no nickname, no reclaim token: what an older server sends).
+async fn welcome_one(listener: TcpListener, server: &str) -> WebSocketStream<TcpStream> {
+    let (tcp, peer) = listener.accept().await.unwrap();
+    let builder = ServerBuilder::new()
+        .add_header(
+            SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static("chat.v1.json"),
+        )
+        .unwrap();
+    let (_req, mut ws) = builder.accept(tcp).await.unwrap();
+    let welcome = Event::Welcome {
+        server: server.into(),
+        addr: peer,
+        room: "#lobby".into(),
+        online: 1,
+        epoch: 1,
+        rate: None,
+        nick: None,
+        reclaim: None,
+    };
+    let _ = ws.send(Message::text(welcome.to_json())).await;
+    ws
+}
+
 /// A server from before the Hello (it ignores the URL's query and sends no
 /// reclaim token): records every line it is sent.
 async fn older_server() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<String>) {
@@ -500,25 +526,7 @@ async fn older_server() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<Str
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
-        let (tcp, peer) = listener.accept().await.unwrap();
-        let builder = ServerBuilder::new()
-            .add_header(
-                SEC_WEBSOCKET_PROTOCOL,
-                HeaderValue::from_static("chat.v1.json"),
-            )
-            .unwrap();
-        let (_req, mut ws) = builder.accept(tcp).await.unwrap();
-        let welcome = Event::Welcome {
-            server: "old".into(),
-            addr: peer,
-            room: "#lobby".into(),
-            online: 1,
-            epoch: 1,
-            rate: None,
-            nick: None,
-            reclaim: None,
-        };
-        let _ = ws.send(Message::text(welcome.to_json())).await;
+        let mut ws = welcome_one(listener, "old").await;
         while let Some(Ok(msg)) = ws.next().await {
             if let Some(text) = msg.as_text() {
                 let _ = tx.send(text.to_string());
@@ -598,25 +606,7 @@ async fn hostile_server(events: Vec<String>) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
-        let (tcp, peer) = listener.accept().await.unwrap();
-        let builder = ServerBuilder::new()
-            .add_header(
-                SEC_WEBSOCKET_PROTOCOL,
-                HeaderValue::from_static("chat.v1.json"),
-            )
-            .unwrap();
-        let (_req, mut ws) = builder.accept(tcp).await.unwrap();
-        let welcome = Event::Welcome {
-            server: "evil\u{1b}]0;owned\u{7}".into(),
-            addr: peer,
-            room: "#lobby".into(),
-            online: 1,
-            epoch: 1,
-            rate: None,
-            nick: None,
-            reclaim: None,
-        };
-        let _ = ws.send(Message::text(welcome.to_json())).await;
+        let mut ws = welcome_one(listener, "evil\u{1b}]0;owned\u{7}").await;
         for event in events {
             if ws.send(Message::text(event)).await.is_err() {
                 return;
@@ -1697,25 +1687,7 @@ async fn refusing_server() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
-        let (tcp, peer) = listener.accept().await.unwrap();
-        let builder = ServerBuilder::new()
-            .add_header(
-                SEC_WEBSOCKET_PROTOCOL,
-                HeaderValue::from_static("chat.v1.json"),
-            )
-            .unwrap();
-        let (_req, mut ws) = builder.accept(tcp).await.unwrap();
-        let welcome = Event::Welcome {
-            server: "strict".into(),
-            addr: peer,
-            room: "#lobby".into(),
-            online: 1,
-            epoch: 1,
-            rate: None,
-            nick: None,
-            reclaim: None,
-        };
-        let _ = ws.send(Message::text(welcome.to_json())).await;
+        let mut ws = welcome_one(listener, "strict").await;
         while let Some(Ok(msg)) = ws.next().await {
             if msg.is_text() {
                 let refusal = Event::Error {
