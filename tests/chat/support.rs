@@ -124,23 +124,9 @@ impl Client {
         query: &str,
         subprotocol: Option<&'static str>,
     ) -> Self {
-        let mut builder = ClientBuilder::new()
-            .uri(&format!("{}/?{query}", server.url()))
-            .unwrap();
-        if let Some(p) = subprotocol {
-            builder = builder
-                .add_header(SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(p))
-                .unwrap();
-        }
-        let (ws, _) = tokio::time::timeout(WAIT, builder.connect())
+        Self::connect_to(&format!("{}/?{query}", server.url()), subprotocol)
             .await
-            .expect("connect timed out")
-            .expect("connect failed");
-        let MaybeTlsStream::Plain(tcp) = ws.get_ref() else {
-            panic!("test clients connect without TLS");
-        };
-        let addr = tcp.local_addr().unwrap();
-        Client { ws, addr }
+            .0
     }
 
     /// Connects and returns the server's handshake response too.
@@ -148,7 +134,14 @@ impl Client {
         server: &TestServer,
         subprotocol: Option<&'static str>,
     ) -> (Self, http::Response<()>) {
-        let mut builder = ClientBuilder::new().uri(&server.url()).unwrap();
+        Self::connect_to(&server.url(), subprotocol).await
+    }
+
+    async fn connect_to(
+        uri: &str,
+        subprotocol: Option<&'static str>,
+    ) -> (Self, http::Response<()>) {
+        let mut builder = ClientBuilder::new().uri(uri).unwrap();
         if let Some(p) = subprotocol {
             builder = builder
                 .add_header(SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(p))
