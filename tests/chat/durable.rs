@@ -395,7 +395,6 @@ async fn kill_9_rounds(name: &str, rounds: usize) {
 /// written once there is room.
 #[test]
 fn a_full_disk_degrades_and_catches_up_without_losing_what_was_queued() {
-    use chat::protocol::{ChatLine, Event};
     use chat::store::Store as _;
     let scratch = Scratch::new("full");
     let readiness = Readiness::new();
@@ -403,17 +402,12 @@ fn a_full_disk_degrades_and_catches_up_without_losing_what_was_queued() {
     config.max_pages = Some(16);
     let store = Sqlite::open(config, readiness.clone()).unwrap();
     let opened = store.open("#lobby", 10);
-    let line = |seq: u64| ChatLine {
-        room: "#lobby".to_string(),
-        seq,
-        ts: chat::protocol::now_millis(),
-        from: "127.0.0.1:4000".parse().unwrap(),
-        nick: Some("ann".to_string()),
-        text: format!("line {seq} {}", "x".repeat(400)),
-        history: false,
-    };
+    let now = chat::protocol::now_millis();
     for seq in 1..=500 {
-        store.keep(opened.epoch, &line(seq), false);
+        // Long lines, so 16 pages fill up.
+        let mut line = lobby_line(seq, now);
+        line.text.push_str(&"x".repeat(400));
+        store.keep(opened.epoch, &line, false);
     }
     // Bounded wait for the writer to hit the cap.
     let mut degraded = false;
@@ -428,16 +422,8 @@ fn a_full_disk_degrades_and_catches_up_without_losing_what_was_queued() {
     store.set_max_pages(1_000_000);
     store.flush();
     assert!(readiness.check().is_ok(), "ready again once writes succeed");
-    let kept = store.before("#lobby", u64::MAX, 1000);
-    let seqs: Vec<u64> = kept
-        .iter()
-        .filter_map(|e| match e {
-            Event::Message(l) => Some(l.seq),
-            _ => None,
-        })
-        .collect();
     assert_eq!(
-        seqs,
+        seqs_of(&store.before("#lobby", u64::MAX, 1000)),
         (1..=500).collect::<Vec<_>>(),
         "nothing queued was lost"
     );
