@@ -48,6 +48,11 @@ pub const DEFAULT_HISTORY_DEPTH: usize = 1000;
 /// memory (only with `--history` above the in-memory depth): more than
 /// anyone reads after a reconnect, fewer than would swamp the client.
 pub const MAX_REPLAY_FROM_STORE: usize = 50_000;
+/// How long a read past memory waits for the history writer to commit
+/// lines sent a moment ago (see [`Store::settle`]): a commit takes its 10 ms
+/// of gathering and a little more; a failing disk costs the reader no more
+/// than this, not a flush's seconds.
+const READ_SETTLE: std::time::Duration = std::time::Duration::from_millis(100);
 /// Default cap on the number of rooms.
 pub const DEFAULT_MAX_ROOMS: usize = 1000;
 /// Rooms with more members than this do not announce joins and leaves:
@@ -1176,7 +1181,7 @@ impl Hub {
             // Past memory: the lines asked for may still be queued for the
             // disk if they were sent a moment ago.
             drop(state);
-            self.inner.store.flush();
+            self.inner.store.settle(READ_SETTLE);
             self.inner
                 .store
                 .before(&room_name, before, n)
@@ -1236,7 +1241,7 @@ impl Hub {
             // The writer may not have committed the newest of them yet (a
             // burst a moment ago): bounded, and only for a resume that
             // reaches past memory.
-            self.inner.store.flush();
+            self.inner.store.settle(READ_SETTLE);
             let n = (wanted as usize).min(MAX_REPLAY_FROM_STORE);
             let older: Vec<Shared> = self
                 .inner

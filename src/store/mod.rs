@@ -50,6 +50,11 @@ pub trait Store: Send + Sync + 'static {
     fn before(&self, room: &str, before: u64, n: usize) -> Vec<Event>;
     /// Waits (bounded) until everything handed to `keep` is kept.
     fn flush(&self);
+    /// Waits at most `within` for what is queued to be written, and never
+    /// while the queue is full: for a read that wants lines sent a moment
+    /// ago, on a thread the chat runs on. Whatever is not written by then
+    /// is simply not read.
+    fn settle(&self, _within: std::time::Duration) {}
     /// Writes what is queued and records a clean stop; for shutdown.
     /// Lines kept after this are not written.
     fn close(&self);

@@ -666,6 +666,13 @@ impl Store for Sqlite {
         }
     }
 
+    fn settle(&self, within: Duration) {
+        let (done, wait) = mpsc::channel();
+        if self.queue.try_send(Op::Flush(done)).is_ok() {
+            let _ = wait.recv_timeout(within);
+        }
+    }
+
     fn close(&self) {
         let (done, wait) = mpsc::channel();
         if self.queue.send(Op::Close(done)).is_ok() && wait.recv_timeout(FLUSH_TIMEOUT).is_err() {
