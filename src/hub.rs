@@ -30,6 +30,7 @@ use subtle::ConstantTimeEq as _;
 use crate::fanout::feed::{Cursor, Feed};
 use crate::fanout::writer::RoomWriter;
 use crate::metrics::Metrics;
+use crate::store::redis_presence::{Change, Snapshot};
 use crate::store::{Memory, Opened, Store};
 
 pub use crate::fanout::mailbox::Mailbox;
@@ -186,6 +187,29 @@ pub trait Relay: Send + Sync + 'static {
     fn opened(&self, room: &str);
     /// This node forgot a room: stop delivering its lines.
     fn closed(&self, room: &str);
+    /// Who is where changed (a join, a leave, a nickname), in the order
+    /// the hub made the changes.
+    fn presence(&self, change: Change);
+    /// Claims `nick` for member `id` (at `addr`) across every node; once
+    /// it is had, the relay applies it with [`Hub::apply_nick`], and if it
+    /// is not, it tells `mailbox` why.
+    fn claim_nick(&self, id: MemberId, addr: SocketAddr, nick: String, mailbox: Arc<Mailbox>);
+    /// Claims a nickname asked for in an upgrade, for the connection at
+    /// `addr`, before it joins: `Ok(false)` if someone on any node has it.
+    fn claim_hello(
+        &self,
+        addr: SocketAddr,
+        nick: String,
+    ) -> futures_util::future::BoxFuture<'static, Result<bool, String>>;
+    /// Answers `/who` for `room` to `mailbox`: `local` are this node's
+    /// members, in order; the other nodes' are added.
+    fn who(&self, room: String, local: Vec<MemberInfo>, mailbox: Arc<Mailbox>);
+    /// Answers `/rooms` to `mailbox`: `local` are this node's rooms.
+    fn rooms(&self, local: Vec<RoomInfo>, mailbox: Arc<Mailbox>);
+    /// Takes a private message to `to` (a nickname no member of this node
+    /// has) to whichever node has it, and echoes it to `mailbox`, or tells
+    /// `mailbox` there is no such user.
+    fn private(&self, event: Event, to: String, mailbox: Arc<Mailbox>);
 }
 
 /// A cheap, cloneable handle to the shared chat state.
@@ -571,6 +595,11 @@ impl Hub {
         self.inner.epoch.store(epoch, Ordering::Release);
     }
 
+    /// Whether rooms are shared with other servers (a relay is set).
+    pub fn is_shared(&self) -> bool {
+        self.relay().is_some()
+    }
+
     fn relay(&self) -> Option<&Arc<dyn Relay>> {
         self.inner.relay.get()
     }
@@ -677,42 +706,58 @@ impl Hub {
             .and_then(parse_token)
             .and_then(|(old, old_secret)| self.take_place(&mut state, old, old_secret));
         let mut notices = Vec::new();
-        let (nick, room, announce) =
-            match reclaimed {
-                Some((nick, room)) => (nick, room, false),
-                None => {
-                    let nick = hello.nick.as_deref().and_then(|nick| {
-                        match self.free_nick(&state, id, nick) {
-                            Ok(()) => Some(nick.to_string()),
-                            Err(e) => {
-                                notices.push(Event::Error {
-                                    message: e.to_string(),
-                                });
-                                None
-                            }
-                        }
+        let (nick, room, announce) = match reclaimed {
+            Some((nick, room, old_addr)) => {
+                if let (Some(nick), Some(relay)) = (&nick, self.relay()) {
+                    relay.presence(Change::Move {
+                        nick: nick.clone(),
+                        from: old_addr,
+                        to: addr,
                     });
-                    let room = match hello.room.as_deref().map(normalize_room) {
-                        None => DEFAULT_ROOM.to_string(),
-                        Some(Ok(room)) => {
-                            let max = self.inner.config.max_rooms;
-                            if state.rooms.contains_key(&room) || state.rooms.len() < max {
-                                room
-                            } else {
-                                notices.push(Event::Error {
-                                    message: HubError::TooManyRooms(max).to_string(),
+                }
+                (nick, room, false)
+            }
+            None => {
+                let nick = hello.nick.as_deref().and_then(|nick| {
+                    match self.free_nick(&state, id, nick) {
+                        Ok(()) => Some(nick.to_string()),
+                        Err(e) => {
+                            if let Some(relay) = self.relay() {
+                                // Claimed for us before (see
+                                // `claim_hello`): given back.
+                                relay.presence(Change::Release {
+                                    nick: nick.to_string(),
+                                    addr,
                                 });
-                                DEFAULT_ROOM.to_string()
                             }
+                            notices.push(Event::Error {
+                                message: e.to_string(),
+                            });
+                            None
                         }
-                        Some(Err(e)) => {
-                            notices.push(Event::Error { message: e.0 });
+                    }
+                });
+                let room = match hello.room.as_deref().map(normalize_room) {
+                    None => DEFAULT_ROOM.to_string(),
+                    Some(Ok(room)) => {
+                        let max = self.inner.config.max_rooms;
+                        if state.rooms.contains_key(&room) || state.rooms.len() < max {
+                            room
+                        } else {
+                            notices.push(Event::Error {
+                                message: HubError::TooManyRooms(max).to_string(),
+                            });
                             DEFAULT_ROOM.to_string()
                         }
-                    };
-                    (nick, room, true)
-                }
-            };
+                    }
+                    Some(Err(e)) => {
+                        notices.push(Event::Error { message: e.0 });
+                        DEFAULT_ROOM.to_string()
+                    }
+                };
+                (nick, room, true)
+            }
+        };
         if let Some(nick) = &nick {
             state.nicks.insert(nick.to_ascii_lowercase(), id);
         }
@@ -750,10 +795,7 @@ impl Hub {
     /// Whether `nick` is valid and free for `id`.
     fn free_nick(&self, state: &State, id: MemberId, nick: &str) -> Result<(), HubError> {
         validate_nick(nick).map_err(|e| HubError::InvalidNick(e.0))?;
-        match state.nicks.get(&nick.to_ascii_lowercase()) {
-            Some(owner) if *owner != id => Err(HubError::NickTaken(nick.to_string())),
-            _ => Ok(()),
-        }
+        self.nick_free_here(state, id, nick)
     }
 
     /// The place of member `old` for a reconnect showing its `secret`:
@@ -765,7 +807,7 @@ impl Hub {
         state: &mut State,
         old: MemberId,
         secret: u128,
-    ) -> Option<(Option<String>, String)> {
+    ) -> Option<(Option<String>, String, SocketAddr)> {
         let member = if state
             .held
             .get(&old)
@@ -791,7 +833,7 @@ impl Hub {
         if let Some(nick) = &member.nick {
             state.nicks.remove(&nick.to_ascii_lowercase());
         }
-        Some((member.nick, member.room))
+        Some((member.nick, member.room, member.addr))
     }
 
     /// Holds the place of member `id`, whose connection was lost without
@@ -830,6 +872,12 @@ impl Hub {
             let key = nick.to_ascii_lowercase();
             if state.nicks.get(&key) == Some(&id) {
                 state.nicks.remove(&key);
+                if let Some(relay) = self.relay() {
+                    relay.presence(Change::Release {
+                        nick: nick.clone(),
+                        addr: member.addr,
+                    });
+                }
             }
         }
         if self.inner.closing.load(Ordering::Acquire) {
@@ -839,12 +887,19 @@ impl Hub {
         if let Some(room) = state.rooms.get(&member.room) {
             // Counted with the leaver still in, like the join was.
             if limit == 0 || room.members.len() < limit {
-                room.send(Event::Left {
+                let left = Event::Left {
                     room: member.room.clone(),
                     addr: member.addr,
                     nick: member.nick,
                     reason,
-                });
+                };
+                room.send(left.clone());
+                if let Some(relay) = self.relay() {
+                    relay.presence(Change::Announce {
+                        room: member.room,
+                        event: left,
+                    });
+                }
             }
         }
     }
@@ -888,11 +943,19 @@ impl Hub {
             epoch: self.room_epoch(room),
             last_seq: room.last_seq,
         };
-        if announce && self.announces_presence(room) {
-            room.send(Event::Joined {
+        let announced = (announce && self.announces_presence(room)).then(|| Event::Joined {
+            room: room_name.to_string(),
+            addr,
+            nick: nick.clone(),
+        });
+        if let Some(joined) = &announced {
+            room.send(joined.clone());
+        }
+        if let Some(relay) = self.relay() {
+            relay.presence(Change::Enter {
                 room: room_name.to_string(),
-                addr,
-                nick,
+                info: MemberInfo { nick, addr },
+                announce: announced,
             });
         }
         Joined {
@@ -922,12 +985,20 @@ impl Hub {
             return;
         };
         // Counted with the leaver still in, like the join was.
-        if announce && self.announces_presence(room) {
-            room.send(Event::Left {
+        let announced = (announce && self.announces_presence(room)).then(|| Event::Left {
+            room: room_name.clone(),
+            addr,
+            nick,
+            reason: reason.map(String::from),
+        });
+        if let Some(left) = &announced {
+            room.send(left.clone());
+        }
+        if let Some(relay) = self.relay() {
+            relay.presence(Change::Leave {
                 room: room_name.clone(),
                 addr,
-                nick,
-                reason: reason.map(String::from),
+                announce: announced,
             });
         }
         room.remove(id, json);
@@ -953,6 +1024,12 @@ impl Hub {
         if let Some(member) = state.members.remove(&id) {
             if let Some(nick) = member.nick {
                 state.nicks.remove(&nick.to_ascii_lowercase());
+                if let Some(relay) = self.relay() {
+                    relay.presence(Change::Release {
+                        nick,
+                        addr: member.addr,
+                    });
+                }
             }
         }
     }
@@ -973,32 +1050,80 @@ impl Hub {
     }
 
     /// Sets or changes member `id`'s nickname, unique ignoring ASCII case.
+    /// With a relay, unique across every node: the relay claims it and
+    /// then applies it ([`Hub::apply_nick`]), or tells the member it is
+    /// taken.
     pub fn set_nick(&self, id: MemberId, nick: &str) -> Result<(), HubError> {
         validate_nick(nick).map_err(|e| HubError::InvalidNick(e.0))?;
-        let key = nick.to_ascii_lowercase();
         let mut state = self.state();
-        if let Some(owner) = state.nicks.get(&key) {
-            if *owner != id {
-                return Err(HubError::NickTaken(nick.to_string()));
-            }
-        }
-        let Some(member) = state.members.get_mut(&id) else {
+        self.nick_free_here(&state, id, nick)?;
+        if let Some(relay) = self.relay() {
+            let Some(member) = state.members.get(&id) else {
+                return Ok(());
+            };
+            relay.claim_nick(id, member.addr, nick.to_string(), member.mailbox.clone());
             return Ok(());
+        }
+        self.rename(&mut state, id, nick);
+        Ok(())
+    }
+
+    /// Gives member `id`, still at `addr`, the nickname `nick` the relay
+    /// claimed for it across nodes. An error if it cannot have it any more
+    /// (it left, or a member of this node took it meanwhile): the caller
+    /// gives the claim back.
+    pub fn apply_nick(&self, id: MemberId, addr: SocketAddr, nick: &str) -> Result<(), HubError> {
+        let mut state = self.state();
+        if state.members.get(&id).is_none_or(|m| m.addr != addr) {
+            return Err(HubError::NoSuchUser(addr.to_string()));
+        }
+        self.nick_free_here(&state, id, nick)?;
+        self.rename(&mut state, id, nick);
+        Ok(())
+    }
+
+    /// Whether `nick` is free on this node for `id`.
+    fn nick_free_here(&self, state: &State, id: MemberId, nick: &str) -> Result<(), HubError> {
+        match state.nicks.get(&nick.to_ascii_lowercase()) {
+            Some(owner) if *owner != id => Err(HubError::NickTaken(nick.to_string())),
+            _ => Ok(()),
+        }
+    }
+
+    /// Renames member `id` and tells its room.
+    fn rename(&self, state: &mut State, id: MemberId, nick: &str) {
+        let key = nick.to_ascii_lowercase();
+        let Some(member) = state.members.get_mut(&id) else {
+            return;
         };
         let old = member.nick.replace(nick.to_string());
         let (addr, room) = (member.addr, member.room.clone());
         if let Some(old) = &old {
             state.nicks.remove(&old.to_ascii_lowercase());
         }
-        state.nicks.insert(key, id);
-        if let Some(room) = state.rooms.get(&room) {
-            room.send(Event::Nick {
-                addr,
-                old,
-                new: nick.to_string(),
-            });
+        state.nicks.insert(key.clone(), id);
+        let event = Event::Nick {
+            addr,
+            old: old.clone(),
+            new: nick.to_string(),
+        };
+        if let Some(r) = state.rooms.get(&room) {
+            r.send(event.clone());
         }
-        Ok(())
+        if let Some(relay) = self.relay() {
+            relay.presence(Change::Rename {
+                room,
+                info: MemberInfo {
+                    nick: Some(nick.to_string()),
+                    addr,
+                },
+                event,
+            });
+            // A change of case only keeps the same claim.
+            if let Some(old) = old.filter(|o| o.to_ascii_lowercase() != key) {
+                relay.presence(Change::Release { nick: old, addr });
+            }
+        }
     }
 
     /// Publishes a chat message from `id` to its room, the sender included.
@@ -1071,21 +1196,41 @@ impl Hub {
 
     /// Sends a private message from `id` to the member with nickname (or
     /// address) `to`. Returns the event, for the sender's own copy.
-    pub fn private(&self, id: MemberId, to: &str, text: &str) -> Result<Event, HubError> {
+    ///
+    /// With a relay, a nickname no member here has is looked for on the
+    /// other nodes: then `Ok(None)`, and the echo (or the error) reaches
+    /// the sender's mailbox later.
+    pub fn private(&self, id: MemberId, to: &str, text: &str) -> Result<Option<Event>, HubError> {
         validate_text(text)?;
         let state = self.state();
         let Some(sender) = state.members.get(&id) else {
             return Err(HubError::NoSuchUser(to.to_string()));
         };
-        let recipient = state
+        let found = state
             .nicks
             .get(&to.to_ascii_lowercase())
             .and_then(|rid| state.members.get(rid))
             .or_else(|| {
                 let addr: SocketAddr = to.parse().ok()?;
                 state.members.values().find(|m| m.addr == addr)
-            })
-            .ok_or_else(|| HubError::NoSuchUser(to.to_string()))?;
+            });
+        let recipient = match (found, self.relay()) {
+            (Some(recipient), _) => recipient,
+            (None, Some(relay)) if validate_nick(to).is_ok() => {
+                let event = Event::Private {
+                    ts: now_millis(),
+                    from: sender.addr,
+                    nick: sender.nick.clone(),
+                    // Filled in by the relay, which finds them.
+                    to: SocketAddr::from(([0, 0, 0, 0], 0)),
+                    to_nick: Some(to.to_string()),
+                    text: text.to_string(),
+                };
+                relay.private(event, to.to_string(), sender.mailbox.clone());
+                return Ok(None);
+            }
+            (None, _) => return Err(HubError::NoSuchUser(to.to_string())),
+        };
         let event = Event::Private {
             ts: now_millis(),
             from: sender.addr,
@@ -1103,11 +1248,123 @@ impl Hub {
         {
             return Err(HubError::RecipientBusy(to.to_string()));
         }
-        Ok(event)
+        Ok(Some(event))
     }
 
-    /// The members of `id`'s room.
-    pub fn who(&self, id: MemberId) -> Event {
+    /// A private message from another node (see [`Relay::private`]) for
+    /// the member at its `to` address: false if there is none here (it
+    /// left), or its mailbox is full.
+    pub fn deliver_private(&self, event: Event) -> bool {
+        let Event::Private { to, .. } = &event else {
+            return false;
+        };
+        let state = self.state();
+        let Some(member) = state.members.values().find(|m| m.addr == *to) else {
+            return false;
+        };
+        member.mailbox.push(Arc::new(Encoded::new(event)))
+    }
+
+    /// A presence announcement from another node (a join, leave or
+    /// nickname change in `room`): told to this node's members there.
+    pub fn deliver_presence(&self, room: &str, event: Event) {
+        let state = self.state();
+        if let Some(room) = state.rooms.get(room) {
+            room.send(event);
+        }
+    }
+
+    /// This node's members by room, and its nicknames with their owners'
+    /// addresses (held places included): what the relay keeps fresh in the
+    /// shared store.
+    pub fn presence_snapshot(&self) -> Snapshot {
+        let state = self.state();
+        let mut rooms: HashMap<String, Vec<MemberInfo>> = HashMap::new();
+        for (name, room) in &state.rooms {
+            let members: Vec<MemberInfo> = room
+                .members
+                .keys()
+                .filter_map(|id| state.members.get(id))
+                .map(|m| MemberInfo {
+                    nick: m.nick.clone(),
+                    addr: m.addr,
+                })
+                .collect();
+            if !members.is_empty() {
+                rooms.insert(name.clone(), members);
+            }
+        }
+        let nicks = state
+            .nicks
+            .iter()
+            .filter_map(|(nick, id)| {
+                let addr = state
+                    .members
+                    .get(id)
+                    .map(|m| m.addr)
+                    .or_else(|| state.held.get(id).map(|h| h.member.addr))?;
+                Some((nick.clone(), addr))
+            })
+            .collect();
+        Snapshot { rooms, nicks }
+    }
+
+    /// Whether `token` would take a place back on this node (see
+    /// [`Hub::connect_with`]).
+    pub fn reclaims_here(&self, token: &str) -> bool {
+        let Some((id, secret)) = parse_token(token) else {
+            return false;
+        };
+        let state = self.state();
+        state
+            .held
+            .get(&id)
+            .map(|h| &h.member)
+            .or_else(|| state.members.get(&id))
+            .is_some_and(|m| holds_secret(m, secret))
+    }
+
+    /// Claims the nickname of an upgrade's `hello` across nodes (with a
+    /// relay; a no-op without): if someone has it, it is taken out of
+    /// `hello` and the error to show is returned. A reclaim that will take
+    /// its place back here needs no claim.
+    pub async fn claim_hello(&self, addr: SocketAddr, hello: &mut Hello) -> Option<Event> {
+        let relay = self.relay()?.clone();
+        let nick = hello.nick.clone()?;
+        if validate_nick(&nick).is_err()
+            || hello
+                .reclaim
+                .as_deref()
+                .is_some_and(|t| self.reclaims_here(t))
+        {
+            // An invalid one is refused by `connect_with`, with its reason.
+            return None;
+        }
+        let refusal = match relay.claim_hello(addr, nick.clone()).await {
+            Ok(true) => return None,
+            Ok(false) => HubError::NickTaken(nick).to_string(),
+            Err(e) => e,
+        };
+        hello.nick = None;
+        Some(Event::Error { message: refusal })
+    }
+
+    /// The members of `id`'s room. With a relay, `None`: the answer, with
+    /// the other nodes' members, reaches the member's mailbox.
+    pub fn who(&self, id: MemberId) -> Option<Event> {
+        let event = self.who_here(id);
+        match (self.relay(), event) {
+            (Some(relay), Event::Who { room, members }) => {
+                let mailbox = self.state().members.get(&id)?.mailbox.clone();
+                relay.who(room, members, mailbox);
+                None
+            }
+            (_, event) => Some(event),
+        }
+    }
+
+    /// The members of `id`'s room on this node.
+    fn who_here(&self, id: MemberId) -> Event {
         let state = self.state();
         let room = state.room_of(id);
         let members = state
@@ -1127,8 +1384,22 @@ impl Hub {
         Event::Who { room, members }
     }
 
-    /// Every room with its member count, by name.
-    pub fn rooms(&self) -> Event {
+    /// Every room with its member count, by name. With a relay, `None`:
+    /// the answer, counting every node, reaches `id`'s mailbox.
+    pub fn rooms(&self, id: MemberId) -> Option<Event> {
+        let event = self.rooms_here();
+        match (self.relay(), event) {
+            (Some(relay), Event::Rooms { rooms }) => {
+                let mailbox = self.state().members.get(&id)?.mailbox.clone();
+                relay.rooms(rooms, mailbox);
+                None
+            }
+            (_, event) => Some(event),
+        }
+    }
+
+    /// Every room of this node with its member count, by name.
+    fn rooms_here(&self) -> Event {
         let state = self.state();
         let mut rooms: Vec<RoomInfo> = state
             .rooms
@@ -1448,7 +1719,7 @@ mod tests {
         hub.join(a.id, "#go").unwrap();
         hub.say(a.id, "kept").unwrap();
         hub.join(a.id, "#lobby").unwrap();
-        let Event::Rooms { rooms } = hub.rooms() else {
+        let Event::Rooms { rooms } = hub.rooms(a.id).unwrap() else {
             panic!()
         };
         let names: Vec<_> = rooms.iter().map(|r| (r.name.as_str(), r.members)).collect();
@@ -1483,7 +1754,7 @@ mod tests {
         let b = hub.connect(addr(2));
         let c = hub.connect(addr(3));
         hub.set_nick(b.id, "bob").unwrap();
-        let echo = hub.private(a.id, "BOB", "psst").unwrap();
+        let echo = hub.private(a.id, "BOB", "psst").unwrap().unwrap();
         assert_eq!(
             echo.to_text(),
             "(private) 127.0.0.1:1 -> bob (127.0.0.1:2): psst"

@@ -69,6 +69,10 @@ pub struct Config {
     /// with the same Redis URL (`redis://HOST:PORT/DB`); `None`: this
     /// server alone.
     pub redis: Option<String>,
+    /// With `redis`: how long a member's entry and nickname outlive the
+    /// last refresh by their server, so how soon the users of a server
+    /// that died are shown leaving (within about 1⅓ of it).
+    pub presence_ttl: Duration,
     /// Keep history in this SQLite file (see [`crate::store::sqlite`]);
     /// `None`: in memory only, lost at every restart (`--db :memory:`).
     /// Not used with `redis`.
@@ -94,6 +98,7 @@ impl Default for Config {
             policy: Policy::default(),
             session: SessionConfig::default(),
             redis: None,
+            presence_ttl: crate::store::redis_presence::DEFAULT_TTL,
             db: None,
             drain: Duration::ZERO,
             readiness: Readiness::new(),
@@ -160,6 +165,7 @@ pub async fn prepare(config: Config) -> anyhow::Result<Prepared> {
                 &hub,
                 url,
                 config.hub.history_depth,
+                config.presence_ttl,
                 config.readiness.clone(),
             )
             .await?,
@@ -188,8 +194,13 @@ impl Prepared {
             hub,
             _redis,
         } = self;
-        serve(listener, ops_listener, config, hub, shutdown).await
-        // `_redis` lives until here: the relay outlasts every connection.
+        let served = serve(listener, ops_listener, config, hub, shutdown).await;
+        // `_redis` lives until here: the relay outlasts every connection,
+        // and what its members still have in Redis is removed last.
+        if let Some(redis) = &_redis {
+            redis.close().await;
+        }
+        served
     }
 }
 

@@ -157,6 +157,7 @@ pub fn run<S>(
     addr: SocketAddr,
     encoding: Encoding,
     hello: Hello,
+    refused: Option<Event>,
     hub: Hub,
     config: &SessionConfig,
 ) -> impl Future<Output = ()>
@@ -195,7 +196,7 @@ where
     // Welcome, then history, then live lines: the hub subscribed us and
     // took the history snapshot together, so nothing is missed or doubled.
     session.reply(&connected.welcome);
-    for notice in &connected.notices {
+    for notice in refused.iter().chain(&connected.notices) {
         session.reply(notice);
     }
     session.replay(&connected.joined.history);
@@ -604,14 +605,24 @@ where
         let done = match command {
             Command::Nick(nick) => hub.set_nick(id, nick),
             Command::Me(action) => hub.act(id, action),
-            Command::Msg { to, text } => hub.private(id, to, text).map(|echo| self.reply(&echo)),
+            Command::Msg { to, text } => hub.private(id, to, text).map(|echo| {
+                // `None`: to another node; the echo comes by the mailbox.
+                if let Some(echo) = echo {
+                    self.reply(&echo);
+                }
+            }),
             Command::Join(room) => hub.join(id, &room).map(|joined| self.switch_room(joined)),
+            // `None`: asked of every node; the answer comes by the mailbox.
             Command::Who => {
-                self.reply(&hub.who(id));
+                if let Some(who) = hub.who(id) {
+                    self.reply(&who);
+                }
                 Ok(())
             }
             Command::Rooms => {
-                self.reply(&hub.rooms());
+                if let Some(rooms) = hub.rooms(id) {
+                    self.reply(&rooms);
+                }
                 Ok(())
             }
             Command::History(n) => {

@@ -161,6 +161,11 @@ struct Args {
     /// several servers" in the README). Without it this server is alone.
     #[arg(long, value_name = "URL", env = "CHAT_REDIS")]
     redis: Option<String>,
+    /// With --redis: seconds a member's presence and nickname outlive the
+    /// last refresh by their server; the users of a server that died are
+    /// shown leaving within about 1⅓ of this.
+    #[arg(long, value_name = "SECONDS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(3..=3600))]
+    presence_ttl: u64,
 }
 
 /// The `--log-format` values.
@@ -333,6 +338,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
             }),
         },
         redis: args.redis,
+        presence_ttl: Duration::from_secs(args.presence_ttl),
         db,
         drain: Duration::from_secs(args.drain),
         ..Config::default()

@@ -284,14 +284,28 @@ fn start_session<T>(
     let ws = ServerBuilder::new().limits(limits).serve(stream);
     drop(aside);
     // Shutdown reaches the session through the hub (`Hub::shutdown`).
-    let session = session::run(
-        ws,
-        addr,
-        encoding,
-        hello,
-        door.hub.clone(),
-        &door.config.session,
-    );
+    let session = if door.hub.is_shared() && hello.nick.is_some() {
+        // Several servers: the nickname asked for is claimed across them
+        // first. (Only here is the session built inside the future.)
+        let (hub, config) = (door.hub.clone(), door.config.clone());
+        let mut hello = hello;
+        async move {
+            let refused = hub.claim_hello(addr, &mut hello).await;
+            session::run(ws, addr, encoding, hello, refused, hub, &config.session).await;
+        }
+        .left_future()
+    } else {
+        session::run(
+            ws,
+            addr,
+            encoding,
+            hello,
+            None,
+            door.hub.clone(),
+            &door.config.session,
+        )
+        .right_future()
+    };
     door.metrics.session_opened();
     let metrics = door.metrics.clone();
     // (`map`, not an `async` block, which would hold the session future

@@ -8,12 +8,14 @@
 //! - [`Memory`]: keeps nothing beyond the hub's own ring (`--db :memory:`).
 //! - [`sqlite`]: the default, an SQLite file written by a thread of its own
 //!   in group commits.
-//! - [`redis`] and [`redis_node`]: several servers sharing rooms (`--redis`).
+//! - [`redis`], [`redis_presence`] and [`redis_node`]: several servers
+//!   sharing rooms, presence and nicknames (`--redis`).
 //!   There Redis numbers the lines (the hub's `Relay`), so the hub runs
 //!   with [`Memory`] and reads history from the stream Redis keeps.
 
 pub mod redis;
 pub mod redis_node;
+pub mod redis_presence;
 pub mod sqlite;
 
 use crate::protocol::{ChatLine, Event};

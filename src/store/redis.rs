@@ -42,6 +42,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use crate::protocol::{ChatLine, Event};
+use crate::store::redis_presence::node_channel;
 
 /// Default number of lines each room's stream keeps (about: `MAXLEN ~`
 /// trims whole stream nodes, so a few more may stay).
@@ -185,7 +186,7 @@ pub struct StoreError {
 }
 
 impl StoreError {
-    fn new(cause: impl fmt::Display) -> Self {
+    pub(crate) fn new(cause: impl fmt::Display) -> Self {
         StoreError {
             cause: cause.to_string(),
         }
@@ -273,7 +274,7 @@ impl RedisLog {
         &self.inner.addr
     }
 
-    fn conn(&self) -> ConnectionManager {
+    pub(crate) fn conn(&self) -> ConnectionManager {
         self.inner.conn.clone()
     }
 
@@ -304,24 +305,48 @@ impl RedisLog {
     ) -> Result<Vec<(u64, u64)>, StoreError> {
         let mut pipe = redis::pipe();
         for (room, entry) in lines {
-            let line = serde_json::to_string(entry).map_err(StoreError::new)?;
-            // EVAL, not EVALSHA: a Redis that restarted has forgotten the
-            // script, and retrying part of a pipeline could append twice.
-            pipe.cmd("EVAL")
-                .arg(APPEND_SCRIPT)
-                .arg(2)
-                .arg(meta_key(room))
-                .arg(log_key(room))
-                .arg(new_epoch())
-                .arg(self.inner.max_len)
-                .arg(line)
-                .arg(channel(room));
+            self.append_to(&mut pipe, room, entry);
         }
         let answers: Vec<(String, u64)> = pipe.query_async(&mut self.conn()).await?;
         answers
             .into_iter()
             .map(|(epoch, seq)| Ok((parse_epoch(&epoch)?, seq)))
             .collect()
+    }
+
+    /// Adds the append of `entry` to `room` to `pipe` (see
+    /// [`Self::append`]), for [`Self::run_appends`].
+    pub fn append_to(&self, pipe: &mut redis::Pipeline, room: &str, entry: &Entry) {
+        // Our own type: it always serialises.
+        let line = serde_json::to_string(entry).unwrap_or_default();
+        // EVAL, not EVALSHA: a Redis that restarted has forgotten the
+        // script, and retrying part of a pipeline could append twice.
+        pipe.cmd("EVAL")
+            .arg(APPEND_SCRIPT)
+            .arg(2)
+            .arg(meta_key(room))
+            .arg(log_key(room))
+            .arg(new_epoch())
+            .arg(self.inner.max_len)
+            .arg(line)
+            .arg(channel(room));
+    }
+
+    /// Runs a pipeline of `lines` appends (and commands whose answers are
+    /// ignored) in one round trip.
+    pub async fn run_appends(
+        &self,
+        pipe: &redis::Pipeline,
+        lines: usize,
+    ) -> Result<(), StoreError> {
+        let answers: Vec<(String, u64)> = pipe.query_async(&mut self.conn()).await?;
+        if answers.len() != lines {
+            return Err(StoreError::new(format!(
+                "Redis answered {} of {lines} appends",
+                answers.len()
+            )));
+        }
+        Ok(())
     }
 
     /// `room`'s epoch, created now if it has none.
@@ -411,9 +436,25 @@ impl RedisLog {
     /// Starts a subscriber that hands `sink` the lines of every room it is
     /// subscribed to, each once, in seq order (see the module docs).
     pub fn subscriber(&self, sink: Arc<dyn Sink>) -> Subscriber {
+        self.subscriber_with(sink, None)
+    }
+
+    /// [`Self::subscriber`] that also hears `node`'s channel (private
+    /// messages for its members, see [`redis_presence`]), and hands the
+    /// rooms' presence announcements to the sink.
+    ///
+    /// [`redis_presence`]: crate::store::redis_presence
+    pub fn subscriber_with(&self, sink: Arc<dyn Sink>, node: Option<String>) -> Subscriber {
         let (commands, received) = mpsc::unbounded_channel();
         let stats = Arc::new(Counters::default());
-        let task = tokio::spawn(run_subscriber(self.clone(), sink, received, stats.clone()));
+        let node = node.map(|n| node_channel(&n));
+        let task = tokio::spawn(run_subscriber(
+            self.clone(),
+            sink,
+            received,
+            stats.clone(),
+            node,
+        ));
         Subscriber {
             commands,
             stats,
@@ -467,6 +508,13 @@ pub trait Sink: Send + Sync + 'static {
     /// `room` started a new epoch (its log was lost from Redis); its lines
     /// start again at seq 1.
     fn new_epoch(&self, room: &str, epoch: u64);
+    /// A presence announcement in `room` (a join, leave or nickname
+    /// change) published by `node` ([`SWEEPER`] for the sweeper's).
+    ///
+    /// [`SWEEPER`]: crate::store::redis_presence::SWEEPER
+    fn presence(&self, _room: &str, _node: &str, _event: Event) {}
+    /// A private message for a member of this node.
+    fn private(&self, _event: Event) {}
 }
 
 /// What a subscriber has done, for tests and metrics.
@@ -596,13 +644,21 @@ async fn run_subscriber(
     sink: Arc<dyn Sink>,
     mut commands: mpsc::UnboundedReceiver<Command>,
     stats: Arc<Counters>,
+    node: Option<String>,
 ) {
     let mut rooms: HashMap<String, Track> = HashMap::new();
     let mut backoff = Backoff::new();
     // Logged once per outage, not once per attempt.
     let mut down_since: Option<tokio::time::Instant> = None;
     loop {
-        let served = connect_and_serve(&log, &*sink, &mut rooms, &mut commands, &stats);
+        let served = connect_and_serve(
+            &log,
+            &*sink,
+            &mut rooms,
+            &mut commands,
+            &stats,
+            node.as_deref(),
+        );
         let why = match served.await {
             Stop::Dropped => return,
             Stop::Lost { why, served } => {
@@ -644,6 +700,7 @@ async fn run_subscriber(
         rooms: &mut HashMap<String, Track>,
         commands: &mut mpsc::UnboundedReceiver<Command>,
         stats: &Counters,
+        node: Option<&str>,
     ) -> Stop {
         let connected =
             tokio::time::timeout(CONNECT_TIMEOUT, log.inner.client.get_async_pubsub()).await;
@@ -666,7 +723,8 @@ async fn run_subscriber(
         bump(&stats.connections);
         // Subscribe first, then read the streams: whatever is published in
         // between comes over the channel too, and is dropped as a duplicate.
-        let channels: Vec<String> = rooms.keys().map(|r| channel(r)).collect();
+        let mut channels: Vec<String> = rooms.keys().map(|r| channel(r)).collect();
+        channels.extend(node.map(String::from));
         if !channels.is_empty() {
             if let Err(e) = bounded(sub.subscribe(&channels)).await {
                 return Stop::Lost {
@@ -709,6 +767,12 @@ async fn run_subscriber(
                 },
                 message = stream.next() => match message {
                     None => return Stop::Lost { why: "the connection was closed".into(), served: true },
+                    Some(message) if node == Some(message.get_channel_name()) => {
+                        match serde_json::from_slice::<Event>(message.get_payload_bytes()) {
+                            Ok(event) => sink.private(event),
+                            Err(_) => warn!("skipping a private message this server cannot read"),
+                        }
+                    }
                     Some(message) => {
                         if let Err(e) = on_message(log, sink, rooms, &message, stats).await {
                             return Stop::Lost { why: e.cause, served: true };
@@ -872,6 +936,20 @@ async fn on_message(
         return Ok(());
     };
     let payload = String::from_utf8_lossy(message.get_payload_bytes());
+    if let Some(presence) = payload.strip_prefix("P ") {
+        // An announcement: at most once, outside the seq order.
+        let parsed = presence
+            .split_once(' ')
+            .and_then(|(node, json)| Some((node, serde_json::from_str::<Event>(json).ok()?)));
+        match parsed {
+            Some((node, event)) => sink.presence(room, node, event),
+            None => warn!(
+                room,
+                "skipping a presence announcement this server cannot read"
+            ),
+        }
+        return Ok(());
+    }
     let mut parts = payload.splitn(3, ' ');
     let (Some(epoch), Some(seq), Some(json)) = (parts.next(), parts.next(), parts.next()) else {
         warn!(room, "skipping a published line this server cannot read");

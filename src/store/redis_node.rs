@@ -16,20 +16,34 @@
 //! subscribed (and its recent history read from the stream) before any
 //! line sent to it from here is appended, so a member's own first line is
 //! never numbered before this node listens.
+//!
+//! Presence goes the same way: the hub announces a join, leave or
+//! nickname change to its own members at once and hands the change to the
+//! relay; the worker writes it to Redis ([`Presence`]) in the same
+//! pipelined round trip as the lines around it, in order, and publishes
+//! the announcement on the room's channel, where the other nodes' members
+//! hear it. Nicknames are claimed across nodes before they are applied
+//! (`/nick`, and a nickname asked for in the upgrade). A keeper task
+//! refreshes this node's entries and, when it holds the sweeper's lock,
+//! removes the entries of nodes that stopped refreshing.
 
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use futures_util::future::BoxFuture;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::fanout::outbox::Encoded;
 use crate::http::Readiness;
-use crate::hub::{Hub, Mailbox, Relay, UNAVAILABLE};
-use crate::protocol::{Event, DEFAULT_ROOM};
+use crate::hub::{Hub, HubError, Mailbox, MemberId, Relay, UNAVAILABLE};
+use crate::protocol::{Event, MemberInfo, RoomInfo, DEFAULT_ROOM};
 use crate::store::redis::{Entry, Kind, RedisLog, Sink, Stored, Subscriber, DEFAULT_MAX_LEN};
+use crate::store::redis_presence::{parse_member_key, Change, Presence};
 
 /// Lines (and room changes) queued for the worker before senders are told
 /// the store cannot keep up.
@@ -39,11 +53,19 @@ const BATCH: usize = 256;
 /// While Redis is down, how often the worker checks whether it is back.
 const PROBE_INTERVAL: Duration = Duration::from_millis(250);
 
-/// A running node: the worker and the subscriber. Dropping it stops both.
+/// How a clean stop tells the other nodes why this node's members left.
+const STOPPED: &str = "the server stopped";
+
+/// A running node: the worker, the subscriber and the keeper. Dropping it
+/// stops them (see [`RedisNode::close`] for a clean stop).
 pub struct RedisNode {
     log: RedisLog,
+    presence: Presence,
+    hub: Hub,
     subscriber: Arc<Subscriber>,
     worker: JoinHandle<()>,
+    keeper: JoinHandle<()>,
+    jobs: mpsc::Sender<Job>,
     down: Arc<AtomicBool>,
 }
 
@@ -62,11 +84,36 @@ impl RedisNode {
     pub fn subscriber_stats(&self) -> crate::store::redis::SubscriberStats {
         self.subscriber.stats()
     }
+
+    /// This node's name in Redis.
+    pub fn node(&self) -> &str {
+        self.presence.node()
+    }
+
+    /// A clean stop, once every session has ended: waits (bounded) for
+    /// what is queued to reach Redis, then removes what this node still
+    /// has there (held places' nicknames, entries a failed write left), so
+    /// its users' nicknames are free at once rather than after the TTL.
+    pub async fn close(&self) {
+        self.keeper.abort();
+        let (done, flushed) = oneshot::channel();
+        if self.jobs.send(Job::Flush(done)).await.is_ok() {
+            let _ = tokio::time::timeout(Duration::from_secs(2), flushed).await;
+        }
+        let have = self.hub.presence_snapshot();
+        let forgot =
+            tokio::time::timeout(Duration::from_secs(2), self.presence.forget(&have, STOPPED))
+                .await;
+        if !matches!(forgot, Ok(Ok(()))) {
+            warn!(redis = %self.log.addr(), "could not remove this server's members from Redis; they expire by themselves");
+        }
+    }
 }
 
 impl Drop for RedisNode {
     fn drop(&mut self) {
         self.worker.abort();
+        self.keeper.abort();
     }
 }
 
@@ -79,6 +126,7 @@ pub async fn attach(
     hub: &Hub,
     url: &str,
     history: usize,
+    presence_ttl: Duration,
     readiness: Readiness,
 ) -> anyhow::Result<RedisNode> {
     let log = RedisLog::connect(url, history.max(DEFAULT_MAX_LEN)).await?;
@@ -86,49 +134,83 @@ pub async fn attach(
         .epoch(DEFAULT_ROOM)
         .await
         .map_err(|e| anyhow::anyhow!("Redis at {}: {}", log.addr(), e.cause()))?;
-    let subscriber = Arc::new(log.subscriber(Arc::new(HubSink { hub: hub.clone() })));
+    let node = format!("{:012x}", fastrand::u64(..) >> 16);
+    let presence = Presence::new(log.clone(), node.clone(), presence_ttl);
+    let sink = HubSink {
+        hub: hub.clone(),
+        node: node.clone(),
+    };
+    let subscriber = Arc::new(log.subscriber_with(Arc::new(sink), Some(node.clone())));
     open(&log, &subscriber, hub, DEFAULT_ROOM, history)
         .await
         .map_err(|e| anyhow::anyhow!("Redis at {}: {}", log.addr(), e.cause()))?;
     let (jobs, queued) = mpsc::channel(QUEUE);
     let down = Arc::new(AtomicBool::new(false));
     let worker = tokio::spawn(work(
-        log.clone(),
-        subscriber.clone(),
-        hub.clone(),
-        history,
+        Worker {
+            log: log.clone(),
+            presence: presence.clone(),
+            subscriber: subscriber.clone(),
+            hub: hub.clone(),
+            history,
+        },
         queued,
         Health {
             down: down.clone(),
             readiness,
         },
     ));
+    let keeper = tokio::spawn(keep(presence.clone(), hub.clone()));
     hub.set_relay(
         Arc::new(RedisRelay {
-            jobs,
+            jobs: jobs.clone(),
             down: down.clone(),
+            presence: presence.clone(),
         }),
         epoch,
     );
-    info!(redis = %log.addr(), "sharing rooms, history and sequence numbers through Redis");
+    info!(redis = %log.addr(), node, "sharing rooms, history, presence and nicknames through Redis");
     Ok(RedisNode {
         log,
+        presence,
+        hub: hub.clone(),
         subscriber,
         worker,
+        keeper,
+        jobs,
         down,
     })
 }
 
 enum Job {
-    Publish { line: Event, sender: Arc<Mailbox> },
+    Publish {
+        line: Event,
+        sender: Arc<Mailbox>,
+    },
+    Presence(Change),
     Open(String),
     Close(String),
+    ClaimNick {
+        id: MemberId,
+        addr: SocketAddr,
+        nick: String,
+        mailbox: Arc<Mailbox>,
+    },
+    ClaimHello {
+        addr: SocketAddr,
+        nick: String,
+        done: oneshot::Sender<Result<bool, String>>,
+    },
+    /// Answered once everything queued before it is done.
+    Flush(oneshot::Sender<()>),
 }
 
-/// The hub's side: queues, never waits.
+/// The hub's side: queues, never waits. Reads (`/who`, `/rooms`, finding
+/// a private message's recipient) run in tasks of their own.
 struct RedisRelay {
     jobs: mpsc::Sender<Job>,
     down: Arc<AtomicBool>,
+    presence: Presence,
 }
 
 impl Relay for RedisRelay {
@@ -145,6 +227,136 @@ impl Relay for RedisRelay {
 
     fn closed(&self, room: &str) {
         self.queue(Job::Close(room.to_string()));
+    }
+
+    fn presence(&self, change: Change) {
+        self.queue(Job::Presence(change));
+    }
+
+    fn claim_nick(&self, id: MemberId, addr: SocketAddr, nick: String, mailbox: Arc<Mailbox>) {
+        if self.down.load(Ordering::Acquire) {
+            tell(&mailbox, UNAVAILABLE.to_string());
+            return;
+        }
+        self.queue(Job::ClaimNick {
+            id,
+            addr,
+            nick,
+            mailbox,
+        });
+    }
+
+    fn claim_hello(
+        &self,
+        addr: SocketAddr,
+        nick: String,
+    ) -> BoxFuture<'static, Result<bool, String>> {
+        let jobs = self.jobs.clone();
+        Box::pin(async move {
+            let (done, answer) = oneshot::channel();
+            jobs.send(Job::ClaimHello { addr, nick, done })
+                .await
+                .map_err(|_| UNAVAILABLE.to_string())?;
+            answer
+                .await
+                .unwrap_or_else(|_| Err(UNAVAILABLE.to_string()))
+        })
+    }
+
+    fn who(&self, room: String, local: Vec<MemberInfo>, mailbox: Arc<Mailbox>) {
+        let presence = self.presence.clone();
+        tokio::spawn(async move {
+            let event = match presence.who(&room).await {
+                Ok(everyone) => {
+                    let mut members = local;
+                    // This node's own are listed first, from the hub,
+                    // which is never behind.
+                    members.extend(
+                        everyone
+                            .into_iter()
+                            .filter(|(key, _)| {
+                                parse_member_key(key).is_some_and(|(n, _)| n != presence.node())
+                            })
+                            .map(|(_, info)| info),
+                    );
+                    Event::Who { room, members }
+                }
+                // This node's members are better than nothing.
+                Err(e) => {
+                    debug!(error = %e.cause(), "/who lists this server's members only: Redis is unavailable");
+                    Event::Who {
+                        room,
+                        members: local,
+                    }
+                }
+            };
+            mailbox.push(Arc::new(Encoded::new(event)));
+        });
+    }
+
+    fn rooms(&self, local: Vec<RoomInfo>, mailbox: Arc<Mailbox>) {
+        let presence = self.presence.clone();
+        tokio::spawn(async move {
+            let mut rooms: BTreeMap<String, usize> =
+                local.iter().map(|r| (r.name.clone(), r.members)).collect();
+            let event = match presence.rooms().await {
+                Ok(everywhere) => {
+                    for room in everywhere {
+                        let count = rooms.entry(room.name).or_default();
+                        // Redis counts this node's too, unless it is a
+                        // moment behind.
+                        *count = (*count).max(room.members);
+                    }
+                    Event::Rooms {
+                        rooms: rooms
+                            .into_iter()
+                            .map(|(name, members)| RoomInfo { name, members })
+                            .collect(),
+                    }
+                }
+                // This node's rooms are better than nothing.
+                Err(e) => {
+                    debug!(error = %e.cause(), "/rooms counts this server's members only: Redis is unavailable");
+                    Event::Rooms { rooms: local }
+                }
+            };
+            mailbox.push(Arc::new(Encoded::new(event)));
+        });
+    }
+
+    fn private(&self, mut event: Event, to: String, mailbox: Arc<Mailbox>) {
+        let presence = self.presence.clone();
+        tokio::spawn(async move {
+            let no_such = || Event::Error {
+                message: HubError::NoSuchUser(to.clone()).to_string(),
+            };
+            let reply = match presence.owner(&to).await {
+                Ok(Some((node, addr))) if node != presence.node() => {
+                    if let Event::Private { to, .. } = &mut event {
+                        *to = addr;
+                    }
+                    match presence.send_private(&node, &event).await {
+                        Ok(true) => event,
+                        Ok(false) => no_such(),
+                        Err(e) => unavailable(&e),
+                    }
+                }
+                Ok(_) => no_such(),
+                Err(e) => unavailable(&e),
+            };
+            mailbox.push(Arc::new(Encoded::new(reply)));
+        });
+    }
+}
+
+fn tell(mailbox: &Mailbox, message: String) {
+    mailbox.push(Arc::new(Encoded::new(Event::Error { message })));
+}
+
+fn unavailable(e: &crate::store::redis::StoreError) -> Event {
+    debug!(error = %e.cause(), "a read from Redis failed");
+    Event::Error {
+        message: UNAVAILABLE.to_string(),
     }
 }
 
@@ -164,9 +376,12 @@ impl RedisRelay {
     }
 }
 
-/// The subscriber's side: lines into the hub.
+/// The subscriber's side: lines, announcements and private messages into
+/// the hub.
 struct HubSink {
     hub: Hub,
+    /// This node: its own announcements were told here already.
+    node: String,
 }
 
 impl Sink for HubSink {
@@ -191,6 +406,18 @@ impl Sink for HubSink {
         self.hub.restart_room(room);
         if room == DEFAULT_ROOM {
             self.hub.set_epoch(epoch);
+        }
+    }
+
+    fn presence(&self, room: &str, node: &str, event: Event) {
+        if node != self.node {
+            self.hub.deliver_presence(room, event);
+        }
+    }
+
+    fn private(&self, event: Event) {
+        if !self.hub.deliver_private(event) {
+            debug!("a private message from another server found nobody here");
         }
     }
 }
@@ -240,19 +467,36 @@ impl Health {
     }
 }
 
-/// The worker: opens and closes rooms, appends lines in pipelined batches,
-/// in the order they were queued.
-async fn work(
+/// What the worker works with.
+struct Worker {
     log: RedisLog,
+    presence: Presence,
     subscriber: Arc<Subscriber>,
     hub: Hub,
     history: usize,
-    mut jobs: mpsc::Receiver<Job>,
-    health: Health,
-) {
+}
+
+/// One step of a pipelined batch: a line (answered with its seq) or a
+/// presence change (answer ignored).
+enum Step {
+    Line(String, Entry, Arc<Mailbox>),
+    Change(Change),
+}
+
+/// The worker: opens and closes rooms, claims nicknames, and appends lines
+/// and presence changes in pipelined batches, in the order they were
+/// queued.
+async fn work(worker: Worker, mut jobs: mpsc::Receiver<Job>, health: Health) {
+    let Worker {
+        log,
+        presence,
+        subscriber,
+        hub,
+        history,
+    } = worker;
     let down = &health.down;
     let mut held: Option<Job> = None;
-    let mut batch: Vec<(String, Entry, Arc<Mailbox>)> = Vec::with_capacity(BATCH);
+    let mut batch: Vec<Step> = Vec::with_capacity(BATCH);
     loop {
         let job = match held.take() {
             Some(job) => job,
@@ -289,44 +533,132 @@ async fn work(
                     // Redis is back.
                     warn!(room, error = %e.cause(), "could not open the room in Redis yet");
                 }
+                continue;
             }
-            Job::Close(room) => subscriber.unsubscribe(&room),
-            Job::Publish { line, sender } => {
-                push_line(&mut batch, line, sender);
-                // Whatever else is queued goes in the same round trip.
-                while batch.len() < BATCH {
-                    match jobs.try_recv() {
-                        Ok(Job::Publish { line, sender }) => push_line(&mut batch, line, sender),
-                        Ok(other) => {
-                            held = Some(other);
-                            break;
+            Job::Close(room) => {
+                subscriber.unsubscribe(&room);
+                continue;
+            }
+            Job::ClaimNick {
+                id,
+                addr,
+                nick,
+                mailbox,
+            } => {
+                match presence.claim(&nick, addr).await {
+                    Ok(true) => {
+                        if let Err(e) = hub.apply_nick(id, addr, &nick) {
+                            let _ = presence.release(&nick, addr).await;
+                            if !matches!(e, HubError::NoSuchUser(_)) {
+                                tell(&mailbox, e.to_string());
+                            }
                         }
-                        Err(_) => break,
                     }
-                }
-                let lines: Vec<(&str, &Entry)> = batch
-                    .iter()
-                    .map(|(room, entry, _)| (room.as_str(), entry))
-                    .collect();
-                match log.append_many(&lines).await {
-                    Ok(_) => health.up(),
+                    Ok(false) => tell(&mailbox, HubError::NickTaken(nick).to_string()),
                     Err(e) => {
                         health.down(&log, &e.cause());
-                        let refusal = Arc::new(Encoded::new(Event::Error {
-                            message: UNAVAILABLE.to_string(),
-                        }));
-                        for (_, _, sender) in &batch {
-                            sender.push(refusal.clone());
-                        }
+                        tell(&mailbox, UNAVAILABLE.to_string());
                     }
                 }
-                batch.clear();
+                continue;
             }
+            Job::ClaimHello { addr, nick, done } => {
+                let answer = presence.claim(&nick, addr).await.map_err(|e| {
+                    health.down(&log, &e.cause());
+                    UNAVAILABLE.to_string()
+                });
+                let _ = done.send(answer);
+                continue;
+            }
+            Job::Flush(done) => {
+                let _ = done.send(());
+                continue;
+            }
+            Job::Publish { line, sender } => push_line(&mut batch, line, sender),
+            Job::Presence(change) => batch.push(Step::Change(change)),
+        }
+        // Whatever else is queued goes in the same round trip.
+        while batch.len() < BATCH {
+            match jobs.try_recv() {
+                Ok(Job::Publish { line, sender }) => push_line(&mut batch, line, sender),
+                Ok(Job::Presence(change)) => batch.push(Step::Change(change)),
+                Ok(other) => {
+                    held = Some(other);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        append(&log, &presence, &health, &mut batch).await;
+    }
+}
+
+/// Sends one batch in one round trip, and tells the senders of its lines
+/// if Redis could not take them.
+async fn append(log: &RedisLog, presence: &Presence, health: &Health, batch: &mut Vec<Step>) {
+    let mut pipe = redis::pipe();
+    let mut changes = Vec::new();
+    let mut lines = Vec::new();
+    for step in batch.iter() {
+        match step {
+            Step::Line(room, entry, _) => {
+                // Keep the order: changes before this line go first.
+                presence.write(&mut pipe, &changes);
+                changes.clear();
+                lines.push((room.as_str(), entry));
+                log.append_to(&mut pipe, room, entry);
+            }
+            Step::Change(change) => changes.push(change.clone()),
+        }
+    }
+    presence.write(&mut pipe, &changes);
+    match log.run_appends(&pipe, lines.len()).await {
+        Ok(()) => health.up(),
+        Err(e) => {
+            health.down(log, &e.cause());
+            let refusal = Arc::new(Encoded::new(Event::Error {
+                message: UNAVAILABLE.to_string(),
+            }));
+            for step in batch.iter() {
+                if let Step::Line(_, _, sender) = step {
+                    sender.push(refusal.clone());
+                }
+            }
+        }
+    }
+    batch.clear();
+}
+
+/// The keeper: every third of the TTL, refreshes this node's entries and
+/// nicknames in Redis and takes a turn at sweeping (if no other node holds
+/// the lock).
+async fn keep(presence: Presence, hub: Hub) {
+    let mut tick = tokio::time::interval(presence.ttl() / 3);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match presence.refresh(&hub.presence_snapshot()).await {
+            Ok(lost) => {
+                for nick in lost {
+                    warn!(nick, "another server's member took this nickname while Redis was away; both have it now");
+                }
+            }
+            Err(e) => debug!(error = %e.cause(), "could not refresh presence in Redis"),
+        }
+        match presence.sweep().await {
+            Ok(Some(n)) if n > 0 => {
+                info!(
+                    members = n,
+                    "members of servers that stopped were shown leaving"
+                );
+            }
+            Ok(_) => {}
+            Err(e) => debug!(error = %e.cause(), "could not sweep presence in Redis"),
         }
     }
 }
 
-fn push_line(batch: &mut Vec<(String, Entry, Arc<Mailbox>)>, line: Event, sender: Arc<Mailbox>) {
+fn push_line(batch: &mut Vec<Step>, line: Event, sender: Arc<Mailbox>) {
     let (kind, line) = match line {
         Event::Message(line) => (Kind::Message, line),
         Event::Action(line) => (Kind::Action, line),
@@ -339,5 +671,5 @@ fn push_line(batch: &mut Vec<(String, Entry, Arc<Mailbox>)>, line: Event, sender
         kind,
         text: line.text,
     };
-    batch.push((line.room, entry, sender));
+    batch.push(Step::Line(line.room, entry, sender));
 }

@@ -3,13 +3,11 @@
 //! not being a database.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
 use chat::http::Readiness;
 use chat::server::Config;
 use chat::store::sqlite::{self, Durability, Sqlite};
-use tokio::io::{AsyncBufReadExt as _, BufReader};
 
 use crate::support::{unlimited_rate, Client, TestServer, WAIT};
 
@@ -175,37 +173,10 @@ fn a_file_that_is_not_a_database_is_refused_and_kept() {
 /// Starts the server binary on a free port with `db`; returns it and its
 /// address, read from its "listening on" line.
 async fn spawn_server(db: &Path) -> (tokio::process::Child, String) {
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_server"))
-        .args([
-            "--addr",
-            "127.0.0.1:0",
-            "--rate-limit",
-            "0",
-            "--history",
-            "100000",
-        ])
-        .arg("--db")
-        .arg(db)
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let url = tokio::time::timeout(WAIT, async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if let Some(at) = line.find("ws://") {
-                return line[at..].trim().to_string();
-            }
-        }
-        panic!("the server ended without listening");
-    })
-    .await
-    .expect("the server did not start in time");
-    // Keep reading its log so it never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, url)
+    let args = ["--rate-limit", "0", "--history", "100000", "--db"];
+    let mut args: Vec<&std::ffi::OsStr> = args.iter().map(std::ffi::OsStr::new).collect();
+    args.push(db.as_os_str());
+    crate::support::spawn_server(&args).await
 }
 
 async fn connect_json(url: &str) -> chat_ws::Ws {

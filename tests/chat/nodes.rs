@@ -241,3 +241,297 @@ async fn redis_down_refuses_sends_clearly_and_chat_comes_back_with_a_new_epoch()
     assert_eq!(resumed["restarted"], true, "{resumed}");
     server.shutdown().await;
 }
+
+/// The next event of `kind` about `addr` (its `addr` field).
+async fn event_about(c: &mut Client, kind: &str, addr: &str) -> Value {
+    for _ in 0..10_000 {
+        let v = c.recv_json_type(kind).await;
+        if v["addr"] == addr {
+            return v;
+        }
+    }
+    panic!("no {kind} about {addr}");
+}
+
+/// Sets a nickname and waits for the room to be told (the claim across
+/// nodes comes first).
+async fn nick(c: &mut Client, nick: &str) {
+    c.send(&format!("/nick {nick}")).await;
+    let v = event_about(c, "nick", &c.addr.to_string()).await;
+    assert_eq!(v["new"], nick, "{v}");
+}
+
+/// What `/who` lists, as nick (or address) strings, sorted.
+async fn who(c: &mut Client) -> Vec<String> {
+    c.send("/who").await;
+    let v = c.recv_json_type("who").await;
+    let mut names: Vec<String> = v["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .map(|m| {
+            m["nick"].as_str().map_or_else(
+                || m["addr"].as_str().unwrap_or("?").to_string(),
+                String::from,
+            )
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+/// `/rooms` as (name, members), asked until it says `expected` (what
+/// another node wrote reaches Redis a moment after its announcement),
+/// at most 50 times.
+async fn rooms_until(c: &mut Client, expected: &[(&str, u64)]) {
+    let mut last = Value::Null;
+    for _ in 0..50 {
+        c.send("/rooms").await;
+        last = c.recv_json_type("rooms").await;
+        let got: Vec<(String, u64)> = last["rooms"]
+            .as_array()
+            .expect("rooms")
+            .iter()
+            .map(|r| {
+                (
+                    r["name"].as_str().unwrap_or("").to_string(),
+                    r["members"].as_u64().unwrap_or(0),
+                )
+            })
+            .collect();
+        let want: Vec<(String, u64)> = expected.iter().map(|(n, m)| (n.to_string(), *m)).collect();
+        if got == want {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("/rooms never said {expected:?}; last: {last}");
+}
+
+#[tokio::test]
+async fn presence_who_and_rooms_span_every_node() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let (one, two) = (node(&redis).await, node(&redis).await);
+    let (mut alice, _) = connect_json(&one).await;
+    nick(&mut alice, "alice").await;
+    // A join on the other node is announced here...
+    let (mut bob, _) = connect_json(&two).await;
+    let bob_addr = bob.addr.to_string();
+    let joined = event_about(&mut alice, "joined", &bob_addr).await;
+    assert_eq!(joined["room"], "#lobby");
+    // ...and so is a nickname change.
+    nick(&mut bob, "bob").await;
+    let renamed = event_about(&mut alice, "nick", &bob_addr).await;
+    assert_eq!(renamed["new"], "bob");
+    // `/who` lists both, on both nodes.
+    assert_eq!(who(&mut alice).await, ["alice", "bob"]);
+    assert_eq!(who(&mut bob).await, ["alice", "bob"]);
+    // `/rooms` counts every node's members.
+    rooms_until(&mut alice, &[("#lobby", 2)]).await;
+    bob.send("/join #rust").await;
+    let left = event_about(&mut alice, "left", &bob_addr).await;
+    assert_eq!(left["reason"], "joined #rust", "{left}");
+    rooms_until(&mut alice, &[("#lobby", 1), ("#rust", 1)]).await;
+    assert_eq!(who(&mut alice).await, ["alice"]);
+    // A third node, started now, sees the same.
+    let three = node(&redis).await;
+    let (mut carol, _) = connect_json(&three).await;
+    carol.send("/join #rust").await;
+    event_about(&mut bob, "joined", &carol.addr.to_string()).await;
+    assert_eq!(who(&mut carol).await.len(), 2);
+    assert!(who(&mut carol).await.contains(&"bob".to_string()));
+    // A leave is announced on the other nodes.
+    carol.send("/quit going home").await;
+    let left = event_about(&mut bob, "left", &carol.addr.to_string()).await;
+    assert_eq!(left["room"], "#rust", "{left}");
+    assert_eq!(left["reason"], "going home", "{left}");
+    for server in [one, two, three] {
+        server.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn a_private_message_reaches_a_member_of_another_node() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let (one, two) = (node(&redis).await, node(&redis).await);
+    let (mut alice, _) = connect_json(&one).await;
+    let (mut bob, _) = connect_json(&two).await;
+    nick(&mut alice, "alice").await;
+    nick(&mut bob, "Bob").await;
+    alice.send("/msg bob psst, only you").await;
+    let got = bob.recv_json_type("private").await;
+    assert_eq!(got["text"], "psst, only you");
+    assert_eq!(got["nick"], "alice");
+    assert_eq!(got["from"], alice.addr.to_string());
+    assert_eq!(got["to"], bob.addr.to_string());
+    // The sender's copy, once.
+    let echo = alice.recv_json_type("private").await;
+    assert_eq!(echo["text"], "psst, only you");
+    assert_eq!(echo["to"], bob.addr.to_string());
+    // And back.
+    bob.send("/msg alice got it").await;
+    assert_eq!(alice.recv_json_type("private").await["text"], "got it");
+    // Nobody has that nickname on any node.
+    alice.send("/msg nobody hello?").await;
+    let error = alice.recv_json_type("error").await;
+    assert!(
+        error["message"].as_str().unwrap_or("").contains("nobody"),
+        "{error}"
+    );
+    // Bob leaves: his nickname finds nobody any more.
+    bob.send("/quit").await;
+    event_about(&mut alice, "left", &bob.addr.to_string()).await;
+    alice.send("/msg bob still there?").await;
+    assert!(alice.recv_json_type("error").await["message"]
+        .as_str()
+        .unwrap_or("")
+        .contains("bob"));
+    for server in [one, two] {
+        server.shutdown().await;
+    }
+}
+
+/// Two nodes racing for one nickname, twenty times: exactly one wins each
+/// time, and the loser is told it is taken. A nickname asked for in the
+/// upgrade is checked across nodes too.
+#[tokio::test]
+async fn a_nickname_is_unique_across_nodes_and_one_of_two_racing_wins() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let (one, two) = (node(&redis).await, node(&redis).await);
+    let (mut a, _) = connect_json(&one).await;
+    let (mut b, _) = connect_json(&two).await;
+    let (a_addr, b_addr) = (a.addr.to_string(), b.addr.to_string());
+    for round in 0..20 {
+        let wanted = format!("racer{round}");
+        let line = format!("/nick {wanted}");
+        tokio::join!(a.send(&line), b.send(&line));
+        // Each client hears its own outcome: its rename, or the refusal.
+        let outcome = |v: &Value, me: &str| -> Option<bool> {
+            match v["type"].as_str() {
+                Some("nick") if v["addr"] == me && v["new"] == wanted => Some(true),
+                Some("error") => Some(false),
+                _ => None,
+            }
+        };
+        let mut results = Vec::new();
+        for (c, me) in [(&mut a, &a_addr), (&mut b, &b_addr)] {
+            let won = loop {
+                let v = c.recv_json().await;
+                if let Some(won) = outcome(&v, me) {
+                    if !won {
+                        assert!(v["message"].as_str().unwrap_or("").contains(&wanted), "{v}");
+                    }
+                    break won;
+                }
+            };
+            results.push(won);
+        }
+        assert_eq!(
+            results.iter().filter(|w| **w).count(),
+            1,
+            "round {round}: exactly one wins, got {results:?}"
+        );
+    }
+    // A nickname asked for in the upgrade, held on the other node: the
+    // newcomer joins without it and is told why.
+    b.send("/nick holder").await;
+    event_about(&mut b, "nick", &b_addr).await;
+    let mut c = Client::connect_query(&one, "nick=Holder", Some("chat.v1.json")).await;
+    let welcome = c.recv_json_type("welcome").await;
+    assert!(welcome["nick"].is_null(), "{welcome}");
+    let refused = c.recv_json_type("error").await;
+    assert!(
+        refused["message"].as_str().unwrap_or("").contains("Holder"),
+        "{refused}"
+    );
+    // Once its holder leaves, it is free on every node.
+    b.send("/quit").await;
+    event_about(&mut a, "left", &b_addr).await;
+    let mut d = Client::connect_query(&one, "nick=holder", Some("chat.v1.json")).await;
+    let welcome = d.recv_json_type("welcome").await;
+    assert_eq!(welcome["nick"], "holder", "{welcome}");
+    for server in [one, two] {
+        server.shutdown().await;
+    }
+}
+
+/// A node in a process of its own, to be killed: `--presence-ttl 3`.
+async fn node_process(redis: &RedisServer) -> (tokio::process::Child, String) {
+    let url = redis.url();
+    let args = ["--redis", &url, "--presence-ttl", "3", "--rate-limit", "0"];
+    let args: Vec<&std::ffi::OsStr> = args.iter().map(std::ffi::OsStr::new).collect();
+    crate::support::spawn_server(&args).await
+}
+
+/// `kill -9` a node: within 30 s (here a TTL of 3 s) another node shows
+/// its users leaving, their nicknames are free, and a client of the dead
+/// node resumes on another with exactly what it missed.
+#[tokio::test]
+async fn a_node_killed_loses_only_its_connections_and_its_users_leave_in_time() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let mut config = unlimited_rate();
+    config.redis = Some(redis.url());
+    config.presence_ttl = Duration::from_secs(3);
+    let one = TestServer::start_with(config).await;
+    let (mut two, two_url) = node_process(&redis).await;
+    let (mut alice, welcome) = connect_json(&one).await;
+    let epoch = welcome["epoch"].as_u64().unwrap();
+    nick(&mut alice, "alice").await;
+    let (mut bob, _) =
+        Client::connect_to(&format!("{two_url}/?nick=bob"), Some("chat.v1.json")).await;
+    let bob_addr = bob.addr.to_string();
+    assert_eq!(bob.recv_json_type("welcome").await["nick"], "bob");
+    event_about(&mut alice, "joined", &bob_addr).await;
+    alice.send("before").await;
+    let (seen, _) = lines(&mut bob, 1).await[0].clone();
+
+    two.kill().await.expect("kill -9 the node");
+    let killed = tokio::time::Instant::now();
+    for i in 0..3 {
+        alice.send(&format!("after {i}")).await;
+    }
+    let left = tokio::time::timeout(
+        Duration::from_secs(30),
+        event_about(&mut alice, "left", &bob_addr),
+    )
+    .await
+    .expect("bob shown leaving within 30 s");
+    println!("bob shown leaving {:?} after the kill", killed.elapsed());
+    assert_eq!(left["nick"], "bob", "{left}");
+    assert_eq!(left["reason"], "their server stopped", "{left}");
+    // He is gone from `/who`, and his nickname is free: his client comes
+    // back on the live node under it and resumes without loss.
+    assert_eq!(who(&mut alice).await, ["alice"]);
+    let (mut back, _) =
+        Client::connect_to(&format!("{}/?nick=bob", one.url()), Some("chat.v1.json")).await;
+    let welcome = back.recv_json_type("welcome").await;
+    assert_eq!(welcome["nick"], "bob", "{welcome}");
+    assert_eq!(welcome["epoch"].as_u64(), Some(epoch));
+    // Past the history shown on joining.
+    let me = back.addr.to_string();
+    event_about(&mut back, "joined", &me).await;
+    back.send(&format!("/resume {epoch} {seen}")).await;
+    let mut missed = Vec::new();
+    loop {
+        let v = back.recv_json().await;
+        match v["type"].as_str() {
+            Some("message") => missed.push(v["text"].as_str().unwrap_or("").to_string()),
+            Some("resumed") => {
+                assert_eq!(v["lost"], 0, "{v}");
+                assert_eq!(v["replayed"], 3, "{v}");
+                break;
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(missed, ["after 0", "after 1", "after 2"]);
+    one.shutdown().await;
+}

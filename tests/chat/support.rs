@@ -137,7 +137,7 @@ impl Client {
         Self::connect_to(&server.url(), subprotocol).await
     }
 
-    async fn connect_to(
+    pub async fn connect_to(
         uri: &str,
         subprotocol: Option<&'static str>,
     ) -> (Self, http::Response<()>) {
@@ -311,4 +311,34 @@ pub fn is_presence(line: &str) -> bool {
         && (line.contains(" joined #")
             || line.contains(" left #")
             || line.contains(" is now known as "))
+}
+
+/// Starts the server binary on a free port with `args` (and `--addr
+/// 127.0.0.1:0`), killed when the child is dropped; returns it with the
+/// URL it listens on. Its log is read (and dropped) so it never blocks.
+pub async fn spawn_server(args: &[&std::ffi::OsStr]) -> (tokio::process::Child, String) {
+    use tokio::io::{AsyncBufReadExt as _, BufReader};
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_server"))
+        .args(["--addr", "127.0.0.1:0"])
+        .args(args)
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the server binary starts");
+    let stderr = child.stderr.take().expect("its stderr is piped");
+    let mut lines = BufReader::new(stderr).lines();
+    let url = tokio::time::timeout(WAIT, async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Some(at) = line.find("ws://") {
+                return line[at..].trim().to_string();
+            }
+        }
+        panic!("the server ended without listening");
+    })
+    .await
+    .expect("the server did not start in time");
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, url)
 }
