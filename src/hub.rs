@@ -210,6 +210,10 @@ pub trait Relay: Send + Sync + 'static {
     /// has) to whichever node has it, and echoes it to `mailbox`, or tells
     /// `mailbox` there is no such user.
     fn private(&self, event: Event, to: String, mailbox: Arc<Mailbox>);
+    /// The server is about to close every connection: give up `have`'s
+    /// nicknames across nodes now (and stop refreshing them), so clients
+    /// moving to another node get theirs back there at once.
+    fn stopping(&self, have: Snapshot) -> futures_util::future::BoxFuture<'static, ()>;
 }
 
 /// A cheap, cloneable handle to the shared chat state.
@@ -1544,6 +1548,15 @@ impl Hub {
                 lines,
             },
             summary,
+        }
+    }
+
+    /// With a relay, before [`Hub::shutdown`]: frees this node's nicknames
+    /// on the other nodes (see [`Relay::stopping`]), within two seconds.
+    pub async fn release_shared(&self) {
+        if let Some(relay) = self.relay().cloned() {
+            let have = self.presence_snapshot();
+            let _ = tokio::time::timeout(Duration::from_secs(2), relay.stopping(have)).await;
         }
     }
 

@@ -297,6 +297,7 @@ async fn serve(
     let tasks = door.tasks.clone();
     info!(connections = tasks.len(), "shutting down");
     drop(listener);
+    hub.release_shared().await;
     hub.shutdown();
     door.stop.cancel();
     tasks.close();

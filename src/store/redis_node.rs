@@ -43,7 +43,7 @@ use crate::http::Readiness;
 use crate::hub::{Hub, HubError, Mailbox, MemberId, Relay, UNAVAILABLE};
 use crate::protocol::{Event, MemberInfo, RoomInfo, DEFAULT_ROOM};
 use crate::store::redis::{Entry, Kind, RedisLog, Sink, Stored, Subscriber, DEFAULT_MAX_LEN};
-use crate::store::redis_presence::{parse_member_key, Change, Presence};
+use crate::store::redis_presence::{parse_member_key, Change, Presence, Snapshot};
 
 /// Lines (and room changes) queued for the worker before senders are told
 /// the store cannot keep up.
@@ -160,12 +160,14 @@ pub async fn attach(
             readiness,
         },
     ));
-    let keeper = tokio::spawn(keep(presence.clone(), hub.clone()));
+    let stopping = Arc::new(AtomicBool::new(false));
+    let keeper = tokio::spawn(keep(presence.clone(), hub.clone(), stopping.clone()));
     hub.set_relay(
         Arc::new(RedisRelay {
             jobs: jobs.clone(),
             down: down.clone(),
             presence: presence.clone(),
+            stopping,
         }),
         epoch,
     );
@@ -211,6 +213,8 @@ struct RedisRelay {
     jobs: mpsc::Sender<Job>,
     down: Arc<AtomicBool>,
     presence: Presence,
+    /// Set when the server begins to stop: the keeper stops refreshing.
+    stopping: Arc<AtomicBool>,
 }
 
 impl Relay for RedisRelay {
@@ -322,6 +326,20 @@ impl Relay for RedisRelay {
             };
             mailbox.push(Arc::new(Encoded::new(event)));
         });
+    }
+
+    fn stopping(&self, have: Snapshot) -> BoxFuture<'static, ()> {
+        self.stopping.store(true, Ordering::Release);
+        let presence = self.presence.clone();
+        Box::pin(async move {
+            let nicks = Snapshot {
+                nicks: have.nicks,
+                ..Snapshot::default()
+            };
+            if let Err(e) = presence.forget(&nicks, STOPPED).await {
+                warn!(error = %e.cause(), "could not free this server's nicknames in Redis; they expire by themselves");
+            }
+        })
     }
 
     fn private(&self, mut event: Event, to: String, mailbox: Arc<Mailbox>) {
@@ -632,11 +650,14 @@ async fn append(log: &RedisLog, presence: &Presence, health: &Health, batch: &mu
 /// The keeper: every third of the TTL, refreshes this node's entries and
 /// nicknames in Redis and takes a turn at sweeping (if no other node holds
 /// the lock).
-async fn keep(presence: Presence, hub: Hub) {
+async fn keep(presence: Presence, hub: Hub, stopping: Arc<AtomicBool>) {
     let mut tick = tokio::time::interval(presence.ttl() / 3);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
+        if stopping.load(Ordering::Acquire) {
+            return;
+        }
         match presence.refresh(&hub.presence_snapshot()).await {
             Ok(lost) => {
                 for nick in lost {
