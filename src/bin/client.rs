@@ -15,9 +15,17 @@ use clap::Parser;
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
-    /// Server URL (ws:// or wss://).
-    #[arg(long, env = "CHAT_URL", default_value = DEFAULT_URL)]
-    url: String,
+    /// Server URL (ws:// or wss://). Several, separated by commas or by
+    /// repeating --url, are tried in turn: the first at the start, the
+    /// next whenever a connection fails or is lost.
+    #[arg(
+        long,
+        env = "CHAT_URL",
+        default_value = DEFAULT_URL,
+        value_delimiter = ',',
+        value_name = "URL[,URL...]"
+    )]
+    url: Vec<String>,
     /// Nickname to take on connecting (and again after reconnecting).
     #[arg(long, env = "CHAT_NICK")]
     nick: Option<String>,
@@ -63,7 +71,7 @@ async fn main() {
         reconnect: args.retry || (interactive && !args.no_reconnect),
         wait_for_server: args.retry,
         ca: args.ca,
-        ..Config::new(args.url)
+        ..Config::for_servers(args.url)
     };
     let result = if interactive {
         terminal::run(&config).await

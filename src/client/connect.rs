@@ -55,24 +55,44 @@ impl Connector {
     /// Checks the URL and, for `wss://`, loads the system's trust roots and
     /// the extra CA certificates in `ca` (PEM), if given.
     pub fn new(url: &str, ca: Option<&Path>, max_incoming: usize) -> anyhow::Result<Self> {
-        let uri: Uri = url.parse().map_err(|e| {
-            anyhow!("invalid server URL {url:?}: {e} (expected ws://HOST:PORT or wss://HOST:PORT)")
-        })?;
-        let tls = match uri.scheme_str() {
-            Some("ws") => None,
-            Some("wss") => Some(tokio_websockets::Connector::Rustls(tls_connector(ca)?)),
-            _ => bail!("invalid server URL {url:?}: expected ws://HOST:PORT or wss://HOST:PORT"),
+        let mut all = Self::all(&[url], ca, max_incoming)?;
+        Ok(all.remove(0))
+    }
+
+    /// One connector per URL, in order. Every URL is checked before
+    /// anything else is done, and the first bad one is named; the TLS
+    /// settings (trust roots and `ca`) are loaded once, if any URL is
+    /// `wss://`, and shared.
+    pub fn all<U: AsRef<str>>(
+        urls: &[U],
+        ca: Option<&Path>,
+        max_incoming: usize,
+    ) -> anyhow::Result<Vec<Self>> {
+        // `--url "ws://a:1, ws://b:2"` means what it says.
+        let urls: Vec<&str> = urls.iter().map(|url| url.as_ref().trim()).collect();
+        let parsed = urls
+            .iter()
+            .map(|url| parse_url(url))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let tls = if parsed.iter().any(|(_, secure)| *secure) {
+            Some(tls_connector(ca)?)
+        } else {
+            None
         };
-        if uri.host().is_none() {
-            bail!("invalid server URL {url:?}: it names no host");
-        }
-        Ok(Connector {
-            url: url.to_string(),
-            uri,
-            tls,
-            max_incoming,
-            authorization: None,
-        })
+        Ok(urls
+            .iter()
+            .zip(parsed)
+            .map(|(url, (uri, secure))| Connector {
+                url: url.to_string(),
+                uri,
+                tls: tls
+                    .clone()
+                    .filter(|_| secure)
+                    .map(tokio_websockets::Connector::Rustls),
+                max_incoming,
+                authorization: None,
+            })
+            .collect())
     }
 
     /// Sends `token` as `Authorization: Bearer TOKEN` on every connection.
@@ -91,7 +111,7 @@ impl Connector {
         Ok(self)
     }
 
-    /// The URL as given, for messages.
+    /// The URL as given (without surrounding spaces), for messages.
     pub fn url(&self) -> &str {
         &self.url
     }
@@ -141,6 +161,25 @@ impl Connector {
         }
         Ok(ws)
     }
+}
+
+/// A server URL, checked: its URI and whether it is `wss://`.
+fn parse_url(url: &str) -> anyhow::Result<(Uri, bool)> {
+    if url.is_empty() {
+        bail!("invalid server URL: an empty one (in a list, separate URLs by one comma each)");
+    }
+    let uri: Uri = url.parse().map_err(|e| {
+        anyhow!("invalid server URL {url:?}: {e} (expected ws://HOST:PORT or wss://HOST:PORT)")
+    })?;
+    let secure = match uri.scheme_str() {
+        Some("ws") => false,
+        Some("wss") => true,
+        _ => bail!("invalid server URL {url:?}: expected ws://HOST:PORT or wss://HOST:PORT"),
+    };
+    if uri.host().is_none() {
+        bail!("invalid server URL {url:?}: it names no host");
+    }
+    Ok((uri, secure))
 }
 
 /// `uri` with `hello`'s parameters added to its query (after any the user

@@ -6,6 +6,7 @@
 //! The client speaks the JSON encoding to the server so it knows sequence
 //! numbers, senders and kinds of events; it renders lines itself. Modules:
 //! - [`connect`]: one connection (URL, TLS, subprotocol, errors as sentences);
+//! - [`rotation`]: which of the servers to try next, and the backoff;
 //! - [`state`]: who and where we are, and which events are news;
 //! - [`sanitize`]: makes peer-controlled text safe for a terminal;
 //! - [`render`]: plain and styled lines;
@@ -22,6 +23,7 @@ pub mod connect;
 pub mod editor;
 pub mod pace;
 pub mod render;
+pub mod rotation;
 pub mod sanitize;
 pub mod state;
 pub mod terminal;
@@ -41,6 +43,7 @@ use crate::protocol::{parse_input, Event, Hello, Input};
 use connect::{Connector, Socket, CONNECT_TIMEOUT};
 use pace::Pacer;
 use render::Level;
+use rotation::{Attempt, Rotation};
 use state::{Greeting, Incoming, Tracker, Welcomed};
 use tokio::time::Instant;
 
@@ -51,9 +54,10 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest message accepted from the server, so that a hostile server
 /// cannot make the client allocate without bound.
 pub const MAX_INCOMING_BYTES: usize = 64 * 1024;
-/// First pause before reconnecting; doubles up to [`MAX_BACKOFF`].
+/// First pause before reconnecting; doubles up to [`MAX_BACKOFF`] (once
+/// per round over the servers, see [`rotation`]).
 pub const MIN_BACKOFF: Duration = Duration::from_millis(500);
-/// Longest pause between reconnection attempts.
+/// Longest pause between rounds of reconnection attempts.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// Lines typed while disconnected that are kept to send later.
 pub const MAX_QUEUED_LINES: usize = 100;
@@ -61,8 +65,10 @@ pub const MAX_QUEUED_LINES: usize = 100;
 /// Settings of the client.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// The server's URL, `ws://HOST:PORT` or `wss://HOST:PORT`.
-    pub url: String,
+    /// The servers' URLs, each `ws://HOST:PORT` or `wss://HOST:PORT`:
+    /// the first is tried first; when a connection fails or is lost the
+    /// next attempt goes to the next one, round robin. At least one.
+    pub urls: Vec<String>,
     /// Print events as the server's JSON lines instead of text lines.
     pub json: bool,
     /// Nickname to ask for on connecting.
@@ -83,9 +89,10 @@ pub struct Config {
     pub bell: bool,
     /// Largest incoming message, in bytes.
     pub max_incoming: usize,
-    /// First pause before reconnecting.
+    /// First pause before reconnecting; it doubles with every round of
+    /// attempts over the servers, up to `max_backoff`.
     pub min_backoff: Duration,
-    /// Longest pause between reconnection attempts.
+    /// Longest pause between rounds of reconnection attempts.
     pub max_backoff: Duration,
 }
 
@@ -114,8 +121,14 @@ impl std::fmt::Debug for Secret {
 impl Config {
     /// Defaults for a server at `url`: no reconnecting (as suits a pipe).
     pub fn new(url: impl Into<String>) -> Self {
+        Self::for_servers([url])
+    }
+
+    /// Defaults for the servers at `urls`, tried in turn (see
+    /// [`Config::urls`]).
+    pub fn for_servers<U: Into<String>>(urls: impl IntoIterator<Item = U>) -> Self {
         Config {
-            url: url.into(),
+            urls: urls.into_iter().map(Into::into).collect(),
             json: false,
             nick: None,
             room: None,
@@ -301,34 +314,21 @@ pub(crate) async fn drive<S: Source, O: Screen>(
     input: &mut S,
     screen: &mut O,
 ) -> anyhow::Result<Outcome> {
-    let connector = Connector::new(&config.url, config.ca.as_deref(), config.max_incoming)?
-        .with_token(config.token.as_ref().map(Secret::expose))?;
+    let servers = connectors(config)?;
     let mut tracker = Tracker::new();
     let mut outbox = Outbox::default();
-    let mut backoff = Backoff::new(config);
+    let mut rotation = Rotation::new(servers.len(), config.min_backoff, config.max_backoff);
     let mut first = true;
     loop {
         // The nickname and room go with the upgrade, so the server
         // announces us once, where we mean to be; on reconnecting, with the
         // token that takes our place back.
         let hello = tracker.hello(config.nick.as_deref(), config.room.as_deref());
-        let ws = if first && !config.wait_for_server {
-            connector.connect(&hello).await?
+        let (ws, at) = if first && !config.wait_for_server {
+            connect_once(&servers, &hello, screen).await?
         } else {
-            // Reconnecting: wait first (but not before the very first try).
-            let wait = if first { None } else { Some(backoff.next()) };
-            match retry(
-                &connector,
-                &hello,
-                &mut backoff,
-                wait,
-                input,
-                screen,
-                &mut outbox,
-            )
-            .await?
-            {
-                Some(ws) => ws,
+            match retry(&servers, &hello, &mut rotation, input, screen, &mut outbox).await? {
+                Some(connected) => connected,
                 None => {
                     return Ok(Outcome {
                         refused: tracker.refused(),
@@ -338,7 +338,7 @@ pub(crate) async fn drive<S: Source, O: Screen>(
         };
         first = false;
         match session(
-            &connector,
+            &servers[at],
             &hello,
             ws,
             input,
@@ -354,7 +354,9 @@ pub(crate) async fn drive<S: Source, O: Screen>(
                 })
             }
             Ended::Lost(e) if config.reconnect && tracker.established() => {
-                backoff.reset();
+                // The next attempt goes to the next server, after the
+                // shortest pause.
+                rotation.lost(at);
                 screen.status(&Status::of(&tracker, false))?;
                 screen
                     .notice(Level::Warn, &format!("{e:#}; reconnecting"))
@@ -365,33 +367,50 @@ pub(crate) async fn drive<S: Source, O: Screen>(
     }
 }
 
-/// Capped exponential backoff with jitter, so that clients of a restarted
-/// server do not all come back in the same instant.
-struct Backoff {
-    next: Duration,
-    min: Duration,
-    max: Duration,
+/// A connector for every server of `config`, each URL checked (the error
+/// names the first bad one) before anything is tried.
+fn connectors(config: &Config) -> anyhow::Result<Vec<Connector>> {
+    if config.urls.is_empty() {
+        bail!("no server URL given (pass --url ws://HOST:PORT)");
+    }
+    let token = config.token.as_ref().map(Secret::expose);
+    Connector::all(&config.urls, config.ca.as_deref(), config.max_incoming)?
+        .into_iter()
+        .map(|connector| connector.with_token(token))
+        .collect()
 }
 
-impl Backoff {
-    fn new(config: &Config) -> Self {
-        Backoff {
-            next: config.min_backoff,
-            min: config.min_backoff,
-            max: config.max_backoff,
+/// The first connection when not asked to wait for a server: each server
+/// once, in order, until one answers. A failure on the way is told, with
+/// the server tried next; if none answers, the error names each.
+async fn connect_once<O: Screen>(
+    servers: &[Connector],
+    hello: &Hello,
+    screen: &mut O,
+) -> anyhow::Result<(Socket, usize)> {
+    let mut failures = Vec::new();
+    for (at, connector) in servers.iter().enumerate() {
+        match connector.connect(hello).await {
+            Ok(ws) => return Ok((ws, at)),
+            Err(e) => {
+                if let Some(next) = servers.get(at + 1) {
+                    screen
+                        .notice(Level::Warn, &format!("{e:#}; trying {}", next.url()))
+                        .await?;
+                }
+                failures.push(e);
+            }
         }
     }
-
-    fn reset(&mut self) {
-        self.next = self.min;
+    if failures.len() == 1 {
+        return Err(failures.remove(0));
     }
-
-    /// The next pause: between half and all of the current step.
-    fn next(&mut self) -> Duration {
-        let step = self.next;
-        self.next = (step * 2).min(self.max);
-        step.mul_f64(0.5 + fastrand::f64() * 0.5)
-    }
+    let each: Vec<String> = failures.iter().map(|e| format!("{e:#}")).collect();
+    bail!(
+        "none of the {} servers could be reached: {}",
+        failures.len(),
+        each.join("; ")
+    )
 }
 
 /// What the user did while we were not connected.
@@ -402,20 +421,22 @@ enum Typed {
     Leave,
 }
 
-/// Keeps trying to connect, after `wait`, until it works. Lines typed
-/// meanwhile are queued; end of input or `/quit` gives up (`None`).
+/// Keeps trying to connect, to each server in turn with the rotation's
+/// pauses, until one answers; returns its socket and its index. Lines
+/// typed meanwhile are queued; end of input or `/quit` gives up (`None`).
 async fn retry<S: Source, O: Screen>(
-    connector: &Connector,
+    servers: &[Connector],
     hello: &Hello,
-    backoff: &mut Backoff,
-    mut wait: Option<Duration>,
+    rotation: &mut Rotation,
     input: &mut S,
     screen: &mut O,
     outbox: &mut Outbox,
-) -> anyhow::Result<Option<Socket>> {
-    let mut told = false;
+) -> anyhow::Result<Option<(Socket, usize)>> {
+    // Say once per server why it does not work yet; not at every attempt.
+    let mut told = vec![false; servers.len()];
     loop {
-        if let Some(pause) = wait {
+        let Attempt { server, pause } = rotation.attempt();
+        if let Some(pause) = pause {
             let sleep = tokio::time::sleep(pause);
             tokio::pin!(sleep);
             loop {
@@ -429,7 +450,7 @@ async fn retry<S: Source, O: Screen>(
                 }
             }
         }
-        let attempt = connector.connect(hello);
+        let attempt = servers[server].connect(hello);
         tokio::pin!(attempt);
         let result = loop {
             tokio::select! {
@@ -442,18 +463,15 @@ async fn retry<S: Source, O: Screen>(
             }
         };
         match result {
-            Ok(ws) => return Ok(Some(ws)),
+            Ok(ws) => return Ok(Some((ws, server))),
             Err(e) => {
-                // Say once why it does not work yet; not at every attempt.
-                if !told {
-                    told = true;
+                if !std::mem::replace(&mut told[server], true) {
                     screen
                         .notice(Level::Warn, &format!("{e:#}; will keep trying"))
                         .await?;
                 }
             }
         }
-        wait = Some(backoff.next());
     }
 }
 

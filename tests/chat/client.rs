@@ -23,6 +23,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_websockets::{Message, ServerBuilder, WebSocketStream};
 
+use crate::redis_server::RedisServer;
 use crate::support::{is_presence, Client, TestServer, WAIT};
 
 // ---------------------------------------------------------------------------
@@ -595,6 +596,255 @@ async fn with_retry_the_client_waits_for_the_server() {
     let welcome = carol.line().await;
     assert!(welcome.starts_with("* welcome"), "{welcome}");
     carol.finish().await.unwrap();
+    server.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------
+// Several servers: --url A,B
+
+/// A loopback URL that nothing listens on (connecting is refused).
+async fn dead_url() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    format!("ws://{addr}")
+}
+
+fn refused(url: &str) -> String {
+    format!("cannot connect to {url}: connection refused (is the server running?)")
+}
+
+/// A server of the test's own sharing `redis` with the others.
+async fn redis_node(redis: &RedisServer) -> TestServer {
+    let mut config = crate::support::unlimited_rate();
+    config.redis = Some(redis.url());
+    TestServer::start_with(config).await
+}
+
+#[tokio::test]
+async fn a_dead_server_first_in_the_list_is_passed_over_for_the_live_one() {
+    let server = TestServer::start().await;
+    let dead = dead_url().await;
+    let live = server.url();
+    // Without --retry: each server once, in order; the skip is told.
+    let mut carol = Driven::start(Config::for_servers([dead.clone(), live.clone()]));
+    assert_eq!(
+        carol.line().await,
+        format!("~ {}; trying {live}", refused(&dead))
+    );
+    let welcome = carol.line().await;
+    assert!(welcome.starts_with("* welcome"), "{welcome}");
+    carol.finish().await.unwrap();
+    // With --retry: the same, within the first round (no pause).
+    let mut carol = Driven::start(Config {
+        wait_for_server: true,
+        urls: vec![dead.clone(), live.clone()],
+        ..Driven::config_for(&dead, "carol")
+    });
+    assert_eq!(
+        carol.line().await,
+        format!("~ {}; will keep trying", refused(&dead))
+    );
+    let welcome = carol.line().await;
+    assert!(
+        welcome.starts_with("* welcome to chat! you are carol ("),
+        "{welcome}"
+    );
+    carol.finish().await.unwrap();
+    // None answers: the error names each.
+    let other = dead_url().await;
+    let err = Driven::start(Config::for_servers([dead.clone(), other.clone()]))
+        .finish()
+        .await
+        .unwrap_err();
+    assert_eq!(
+        format!("{err:#}"),
+        format!(
+            "none of the 2 servers could be reached: {}; {}",
+            refused(&dead),
+            refused(&other)
+        )
+    );
+    server.shutdown().await;
+}
+
+/// Two servers sharing one Redis: when the client's server stops, it moves
+/// to the other, keeps its nickname and room, and gets exactly the lines
+/// said while it was away, with no restart warning (one epoch for both).
+#[tokio::test]
+async fn when_its_server_stops_the_client_moves_to_the_next_and_misses_nothing() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let a = redis_node(&redis).await;
+    let b = redis_node(&redis).await;
+    // B through a relay, so that the test can keep the client off it while
+    // lines are said.
+    let to_b = Proxy::start(b.addr).await;
+    let mut carol = Driven::start(Config {
+        room: Some("#rust".into()),
+        urls: vec![a.url(), to_b.url()],
+        ..Driven::config_for(&a.url(), "carol")
+    });
+    carol
+        .until(|l| l.starts_with("* carol (") && l.ends_with(") joined #rust"))
+        .await;
+    let mut bob = Client::connect(&b).await;
+    bob.send("/join #rust").await;
+    let own_join = format!("* {} joined #rust", bob.addr);
+    bob.recv_until(100, |l| l == own_join).await;
+    say_all(&mut bob, &["before"]).await;
+    carol.until(|l| l.ends_with(": before")).await;
+
+    to_b.hold();
+    let a_url = a.url();
+    a.shutdown().await;
+    let gone = carol.until(|l| l.contains("reconnecting")).await;
+    let gone = gone.last().unwrap();
+    assert!(
+        gone.starts_with(&format!("~ the server at {a_url} went away")),
+        "{gone}"
+    );
+    say_all(&mut bob, &["missed 1", "missed 2"]).await;
+    to_b.release();
+
+    let after = carol.until(|l| l.starts_with("* caught up")).await;
+    assert!(
+        after.contains(&format!("~ reconnected to {}", to_b.url())),
+        "{after:#?}"
+    );
+    assert!(!after.iter().any(|l| l.contains("restarted")), "{after:#?}");
+    let from = bob.addr;
+    assert_eq!(
+        news(&after),
+        [
+            format!("{from}: missed 1"),
+            format!("{from}: missed 2"),
+            "* caught up on #rust: 2 missed messages".to_string(),
+        ],
+        "{after:#?}"
+    );
+    // On B, under the nickname, in the room.
+    let joined = bob.recv_until(100, |l| l.contains(" joined #rust")).await;
+    assert!(joined.starts_with("* carol ("), "{joined}");
+    carol.type_line("back").await;
+    bob.recv_until(100, |l| l.starts_with("carol (") && l.ends_with("): back"))
+        .await;
+    carol.finish().await.unwrap();
+    b.shutdown().await;
+}
+
+/// Without a shared Redis: the client still moves on to the next server
+/// with its nickname and room (the other server's history is another, so
+/// the resume says what is lost).
+#[tokio::test]
+async fn when_its_server_stops_the_client_moves_on_with_its_nickname_and_room() {
+    let a = TestServer::start().await;
+    let b = TestServer::start().await;
+    let mut carol = Driven::start(Config {
+        room: Some("#rust".into()),
+        urls: vec![a.url(), b.url()],
+        ..Driven::config_for(&a.url(), "carol")
+    });
+    carol
+        .until(|l| l.starts_with("* carol (") && l.ends_with(") joined #rust"))
+        .await;
+    a.shutdown().await;
+    let after = carol
+        .until(|l| l.starts_with("* the server restarted"))
+        .await;
+    assert!(
+        after
+            .iter()
+            .any(|l| l.starts_with(&format!("~ reconnected to {} (", b.url()))),
+        "{after:#?}"
+    );
+    carol.type_line("/who").await;
+    let who = carol.until(|l| l.starts_with("* 1 in #rust")).await;
+    assert!(who.last().unwrap().contains("carol ("), "{who:#?}");
+    carol.finish().await.unwrap();
+    b.shutdown().await;
+}
+
+/// Every URL is checked before any is tried: a bad one stops the client
+/// with one line naming it.
+#[tokio::test]
+async fn a_malformed_url_in_the_list_is_refused_by_name() {
+    let server = TestServer::start().await;
+    for args in [
+        vec!["--url".to_string(), format!("{},http//nope", server.url())],
+        vec![
+            "--url".to_string(),
+            server.url(),
+            "--url".to_string(),
+            "http//nope".to_string(),
+        ],
+    ] {
+        let done = tokio::process::Command::new(env!("CARGO_BIN_EXE_client"))
+            .args(&args)
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output();
+        let done = tokio::time::timeout(WAIT, done).await.unwrap().unwrap();
+        let stderr = String::from_utf8_lossy(&done.stderr);
+        assert_eq!(done.status.code(), Some(1), "{args:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+        assert!(
+            stderr.starts_with("error: invalid server URL \"http//nope\""),
+            "{args:?}: {stderr}"
+        );
+        assert!(done.stdout.is_empty(), "nothing was tried: {args:?}");
+    }
+    // An empty entry (a stray comma) is named as such.
+    let err = Driven::start(Config::for_servers([server.url(), String::new()]))
+        .finish()
+        .await
+        .unwrap_err();
+    assert!(format!("{err:#}").contains("an empty one"), "{err:#}");
+    server.shutdown().await;
+}
+
+/// `CHAT_URL` takes the comma list too, and spaces after the commas do
+/// no harm.
+#[tokio::test]
+async fn chat_url_takes_a_comma_separated_list() {
+    let server = TestServer::start().await;
+    let dead = dead_url().await;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_client"))
+        .env("CHAT_URL", format!("{dead}, {}", server.url()))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"via the second\n").await.unwrap();
+    drop(stdin);
+    let done = tokio::time::timeout(WAIT, child.wait_with_output())
+        .await
+        .expect("the piped client did not finish")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&done.stdout);
+    let stderr = String::from_utf8_lossy(&done.stderr);
+    assert_eq!(done.status.code(), Some(0), "{stderr}");
+    let mut lines = stdout.lines();
+    assert_eq!(
+        lines.next(),
+        Some(format!("~ {}; trying {}", refused(&dead), server.url()).as_str()),
+        "{stdout}"
+    );
+    assert!(
+        lines.next().is_some_and(|l| l.starts_with("* welcome")),
+        "{stdout}"
+    );
+    assert!(
+        history(&server, 1)
+            .await
+            .iter()
+            .any(|l| l.ends_with(": via the second")),
+        "{stdout}"
+    );
     server.shutdown().await;
 }
 
