@@ -30,7 +30,7 @@ use subtle::ConstantTimeEq as _;
 use crate::fanout::feed::{Cursor, Feed};
 use crate::fanout::writer::RoomWriter;
 use crate::metrics::Metrics;
-use crate::store::redis_presence::{Change, Snapshot};
+use crate::store::redis_presence::{proof, Change, Claim, Snapshot};
 use crate::store::{Memory, Opened, Store};
 
 pub use crate::fanout::mailbox::Mailbox;
@@ -190,17 +190,26 @@ pub trait Relay: Send + Sync + 'static {
     /// Who is where changed (a join, a leave, a nickname), in the order
     /// the hub made the changes.
     fn presence(&self, change: Change);
-    /// Claims `nick` for member `id` (at `addr`) across every node; once
-    /// it is had, the relay applies it with [`Hub::apply_nick`], and if it
-    /// is not, it tells `mailbox` why.
-    fn claim_nick(&self, id: MemberId, addr: SocketAddr, nick: String, mailbox: Arc<Mailbox>);
+    /// Claims `nick` for member `id` (at `addr`, with reclaim `secret`)
+    /// across every node; once it is had, the relay applies it with
+    /// [`Hub::apply_nick`], and if it is not, it tells `mailbox` why.
+    fn claim_nick(
+        &self,
+        id: MemberId,
+        addr: SocketAddr,
+        nick: String,
+        secret: u128,
+        mailbox: Arc<Mailbox>,
+    );
     /// Claims a nickname asked for in an upgrade, for the connection at
-    /// `addr`, before it joins: `Ok(false)` if someone on any node has it.
+    /// `addr`, before it joins, showing `shown`, the proof of the reclaim
+    /// token it came with (see [`proof`]), if any.
     fn claim_hello(
         &self,
         addr: SocketAddr,
         nick: String,
-    ) -> futures_util::future::BoxFuture<'static, Result<bool, String>>;
+        shown: Option<String>,
+    ) -> futures_util::future::BoxFuture<'static, Result<Claim, String>>;
     /// Answers `/who` for `room` to `mailbox`: `local` are this node's
     /// members, in order; the other nodes' are added.
     fn who(&self, room: String, local: Vec<MemberInfo>, mailbox: Arc<Mailbox>);
@@ -513,6 +522,17 @@ pub struct Connected {
     pub notices: Vec<Event>,
 }
 
+/// What [`Hub::claim_hello`] found before a connection joins.
+#[derive(Debug, Default)]
+pub struct Greeting {
+    /// The nickname asked for could not be had: the error to show.
+    pub refused: Option<Event>,
+    /// The nickname was taken back from another node with the client's
+    /// reclaim token: the same person, moved here, so nothing is
+    /// announced.
+    pub reclaimed: bool,
+}
+
 /// The answer to [`Hub::resume`].
 pub struct Resumed {
     /// The missed lines still in history.
@@ -695,6 +715,17 @@ impl Hub {
     /// nickname, [`DEFAULT_ROOM`]) with an error in
     /// [`Connected::notices`]. An unknown or expired token is ignored.
     pub fn connect_with(&self, addr: SocketAddr, encoding: Encoding, hello: &Hello) -> Connected {
+        self.connect_greeted(addr, encoding, hello, &Greeting::default())
+    }
+
+    /// [`Hub::connect_with`] after [`Hub::claim_hello`].
+    pub fn connect_greeted(
+        &self,
+        addr: SocketAddr,
+        encoding: Encoding,
+        hello: &Hello,
+        greeting: &Greeting,
+    ) -> Connected {
         // A system call: outside the lock.
         let secret = fresh_secret();
         let mut state = self.state();
@@ -717,6 +748,7 @@ impl Hub {
                         nick: nick.clone(),
                         from: old_addr,
                         to: addr,
+                        secret,
                     });
                 }
                 (nick, room, false)
@@ -759,7 +791,16 @@ impl Hub {
                         DEFAULT_ROOM.to_string()
                     }
                 };
-                (nick, room, true)
+                if let (Some(nick), Some(relay)) = (&nick, self.relay()) {
+                    // Claimed before with no secret: now with ours, so
+                    // a move to another node can take it along.
+                    relay.presence(Change::Own {
+                        nick: nick.clone(),
+                        addr,
+                        secret,
+                    });
+                }
+                (nick, room, !greeting.reclaimed)
             }
         };
         if let Some(nick) = &nick {
@@ -1065,7 +1106,14 @@ impl Hub {
             let Some(member) = state.members.get(&id) else {
                 return Ok(());
             };
-            relay.claim_nick(id, member.addr, nick.to_string(), member.mailbox.clone());
+            let secret = u128::from_le_bytes(member.secret);
+            relay.claim_nick(
+                id,
+                member.addr,
+                nick.to_string(),
+                secret,
+                member.mailbox.clone(),
+            );
             return Ok(());
         }
         self.rename(&mut state, id, nick);
@@ -1302,12 +1350,15 @@ impl Hub {
             .nicks
             .iter()
             .filter_map(|(nick, id)| {
-                let addr = state
+                let member = state
                     .members
                     .get(id)
-                    .map(|m| m.addr)
-                    .or_else(|| state.held.get(id).map(|h| h.member.addr))?;
-                Some((nick.clone(), addr))
+                    .or_else(|| state.held.get(id).map(|h| &h.member))?;
+                Some((
+                    nick.clone(),
+                    member.addr,
+                    u128::from_le_bytes(member.secret),
+                ))
             })
             .collect();
         Snapshot { rooms, nicks }
@@ -1330,11 +1381,13 @@ impl Hub {
 
     /// Claims the nickname of an upgrade's `hello` across nodes (with a
     /// relay; a no-op without): if someone has it, it is taken out of
-    /// `hello` and the error to show is returned. A reclaim that will take
-    /// its place back here needs no claim.
-    pub async fn claim_hello(&self, addr: SocketAddr, hello: &mut Hello) -> Option<Event> {
-        let relay = self.relay()?.clone();
-        let nick = hello.nick.clone()?;
+    /// `hello` and the greeting holds the error to show. A reclaim that
+    /// will take its place back here needs no claim; a reclaim token of
+    /// another node's member takes its nickname from there.
+    pub async fn claim_hello(&self, addr: SocketAddr, hello: &mut Hello) -> Greeting {
+        let (Some(relay), Some(nick)) = (self.relay().cloned(), hello.nick.clone()) else {
+            return Greeting::default();
+        };
         if validate_nick(&nick).is_err()
             || hello
                 .reclaim
@@ -1342,15 +1395,45 @@ impl Hub {
                 .is_some_and(|t| self.reclaims_here(t))
         {
             // An invalid one is refused by `connect_with`, with its reason.
-            return None;
+            return Greeting::default();
         }
-        let refusal = match relay.claim_hello(addr, nick.clone()).await {
-            Ok(true) => return None,
-            Ok(false) => HubError::NickTaken(nick).to_string(),
+        let shown = hello
+            .reclaim
+            .as_deref()
+            .and_then(parse_token)
+            .map(|(_, secret)| proof(secret));
+        let refusal = match relay.claim_hello(addr, nick.clone(), shown).await {
+            Ok(Claim::Had) => return Greeting::default(),
+            Ok(Claim::Reclaimed) => {
+                return Greeting {
+                    refused: None,
+                    reclaimed: true,
+                }
+            }
+            Ok(Claim::Taken) => HubError::NickTaken(nick).to_string(),
             Err(e) => e,
         };
         hello.nick = None;
-        Some(Event::Error { message: refusal })
+        Greeting {
+            refused: Some(Event::Error { message: refusal }),
+            reclaimed: false,
+        }
+    }
+
+    /// Another node's member has `nick` now (its client moved there with
+    /// its reclaim token): a place held here under it is let go without a
+    /// word. Returns whether there was one.
+    pub fn let_go(&self, nick: &str) -> bool {
+        let mut state = self.state();
+        let key = nick.to_ascii_lowercase();
+        let Some(id) = state.nicks.get(&key).copied() else {
+            return false;
+        };
+        if state.held.remove(&id).is_none() {
+            return false;
+        }
+        state.nicks.remove(&key);
+        true
     }
 
     /// The members of `id`'s room. With a relay, `None`: the answer, with

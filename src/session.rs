@@ -54,7 +54,7 @@ use crate::fanout::feed::Taken;
 use crate::fanout::mailbox::{self, Mailbox};
 use crate::fanout::outbox::{frame_event, Outbox};
 use crate::fanout::socket::Transport;
-use crate::hub::{History, Hub, Joined, MemberId};
+use crate::hub::{Greeting, History, Hub, Joined, MemberId};
 use crate::protocol::{
     parse_command, parse_input, Command, Encoding, Event, Hello, Input, RateInfo,
     DEFAULT_HISTORY_REPLAY, RATE_REFUSED,
@@ -157,7 +157,7 @@ pub fn run<S>(
     addr: SocketAddr,
     encoding: Encoding,
     hello: Hello,
-    refused: Option<Event>,
+    greeting: Greeting,
     hub: Hub,
     config: &SessionConfig,
 ) -> impl Future<Output = ()>
@@ -165,7 +165,7 @@ where
     S: Transport,
 {
     // Used here and dropped: the session keeps nothing of it.
-    let mut connected = hub.connect_with(addr, encoding, &hello);
+    let mut connected = hub.connect_greeted(addr, encoding, &hello, &greeting);
     drop(hello);
     // The welcome tells the client our limit, so it can pace itself.
     if let Event::Welcome { rate, .. } = &mut connected.welcome {
@@ -196,7 +196,7 @@ where
     // Welcome, then history, then live lines: the hub subscribed us and
     // took the history snapshot together, so nothing is missed or doubled.
     session.reply(&connected.welcome);
-    for notice in refused.iter().chain(&connected.notices) {
+    for notice in greeting.refused.iter().chain(&connected.notices) {
         session.reply(notice);
     }
     session.replay(&connected.joined.history);

@@ -56,7 +56,7 @@ use tokio_websockets::{Limits, ServerBuilder};
 use tracing::{debug, info, Instrument as _};
 
 use crate::fanout::socket::{SharedTcp, Transport};
-use crate::hub::Hub;
+use crate::hub::{Greeting, Hub};
 use crate::metrics::Metrics;
 use crate::protocol::{Encoding, Hello};
 use crate::server::Config;
@@ -290,8 +290,8 @@ fn start_session<T>(
         let (hub, config) = (door.hub.clone(), door.config.clone());
         let mut hello = hello;
         async move {
-            let refused = hub.claim_hello(addr, &mut hello).await;
-            session::run(ws, addr, encoding, hello, refused, hub, &config.session).await;
+            let greeting = hub.claim_hello(addr, &mut hello).await;
+            session::run(ws, addr, encoding, hello, greeting, hub, &config.session).await;
         }
         .left_future()
     } else {
@@ -300,7 +300,7 @@ fn start_session<T>(
             addr,
             encoding,
             hello,
-            None,
+            Greeting::default(),
             door.hub.clone(),
             &door.config.session,
         )

@@ -43,7 +43,7 @@ use crate::http::Readiness;
 use crate::hub::{Hub, HubError, Mailbox, MemberId, Relay, UNAVAILABLE};
 use crate::protocol::{Event, MemberInfo, RoomInfo, DEFAULT_ROOM};
 use crate::store::redis::{Entry, Kind, RedisLog, Sink, Stored, Subscriber, DEFAULT_MAX_LEN};
-use crate::store::redis_presence::{parse_member_key, Change, Presence, Snapshot};
+use crate::store::redis_presence::{parse_member_key, Change, Claim, Presence, Snapshot};
 
 /// Lines (and room changes) queued for the worker before senders are told
 /// the store cannot keep up.
@@ -196,12 +196,14 @@ enum Job {
         id: MemberId,
         addr: SocketAddr,
         nick: String,
+        secret: u128,
         mailbox: Arc<Mailbox>,
     },
     ClaimHello {
         addr: SocketAddr,
         nick: String,
-        done: oneshot::Sender<Result<bool, String>>,
+        shown: Option<String>,
+        done: oneshot::Sender<Result<Claim, String>>,
     },
     /// Answered once everything queued before it is done.
     Flush(oneshot::Sender<()>),
@@ -237,7 +239,14 @@ impl Relay for RedisRelay {
         self.queue(Job::Presence(change));
     }
 
-    fn claim_nick(&self, id: MemberId, addr: SocketAddr, nick: String, mailbox: Arc<Mailbox>) {
+    fn claim_nick(
+        &self,
+        id: MemberId,
+        addr: SocketAddr,
+        nick: String,
+        secret: u128,
+        mailbox: Arc<Mailbox>,
+    ) {
         if self.down.load(Ordering::Acquire) {
             tell(&mailbox, UNAVAILABLE.to_string());
             return;
@@ -246,6 +255,7 @@ impl Relay for RedisRelay {
             id,
             addr,
             nick,
+            secret,
             mailbox,
         });
     }
@@ -254,13 +264,19 @@ impl Relay for RedisRelay {
         &self,
         addr: SocketAddr,
         nick: String,
-    ) -> BoxFuture<'static, Result<bool, String>> {
+        shown: Option<String>,
+    ) -> BoxFuture<'static, Result<Claim, String>> {
         let jobs = self.jobs.clone();
         Box::pin(async move {
             let (done, answer) = oneshot::channel();
-            jobs.send(Job::ClaimHello { addr, nick, done })
-                .await
-                .map_err(|_| UNAVAILABLE.to_string())?;
+            jobs.send(Job::ClaimHello {
+                addr,
+                nick,
+                shown,
+                done,
+            })
+            .await
+            .map_err(|_| UNAVAILABLE.to_string())?;
             answer
                 .await
                 .unwrap_or_else(|_| Err(UNAVAILABLE.to_string()))
@@ -561,10 +577,11 @@ async fn work(worker: Worker, mut jobs: mpsc::Receiver<Job>, health: Health) {
                 id,
                 addr,
                 nick,
+                secret,
                 mailbox,
             } => {
-                match presence.claim(&nick, addr).await {
-                    Ok(true) => {
+                match presence.claim(&nick, addr, secret, None).await {
+                    Ok(Claim::Had | Claim::Reclaimed) => {
                         if let Err(e) = hub.apply_nick(id, addr, &nick) {
                             let _ = presence.release(&nick, addr).await;
                             if !matches!(e, HubError::NoSuchUser(_)) {
@@ -572,7 +589,7 @@ async fn work(worker: Worker, mut jobs: mpsc::Receiver<Job>, health: Health) {
                             }
                         }
                     }
-                    Ok(false) => tell(&mailbox, HubError::NickTaken(nick).to_string()),
+                    Ok(Claim::Taken) => tell(&mailbox, HubError::NickTaken(nick).to_string()),
                     Err(e) => {
                         health.down(&log, &e.cause());
                         tell(&mailbox, UNAVAILABLE.to_string());
@@ -580,8 +597,14 @@ async fn work(worker: Worker, mut jobs: mpsc::Receiver<Job>, health: Health) {
                 }
                 continue;
             }
-            Job::ClaimHello { addr, nick, done } => {
-                let answer = presence.claim(&nick, addr).await.map_err(|e| {
+            Job::ClaimHello {
+                addr,
+                nick,
+                shown,
+                done,
+            } => {
+                let claimed = presence.claim(&nick, addr, 0, shown.as_deref()).await;
+                let answer = claimed.map_err(|e| {
                     health.down(&log, &e.cause());
                     UNAVAILABLE.to_string()
                 });
@@ -661,7 +684,11 @@ async fn keep(presence: Presence, hub: Hub, stopping: Arc<AtomicBool>) {
         match presence.refresh(&hub.presence_snapshot()).await {
             Ok(lost) => {
                 for nick in lost {
-                    warn!(nick, "another server's member took this nickname while Redis was away; both have it now");
+                    if hub.let_go(&nick) {
+                        debug!(nick, "a held place's client came back on another server");
+                    } else {
+                        warn!(nick, "another server's member took this nickname while Redis was away; both have it now");
+                    }
                 }
             }
             Err(e) => debug!(error = %e.cause(), "could not refresh presence in Redis"),

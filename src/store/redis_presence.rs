@@ -8,8 +8,11 @@
 //! - `chat:{ROOM}:info`, a hash of member key to its `/who` entry (JSON).
 //!
 //! Across rooms: `chat:rooms`, the set of rooms that have had members;
-//! `chat:nick:NICK` (lower-cased), the member key owning a nickname, with
-//! an expiry; `chat:node:NODE`, the channel a node hears private messages
+//! `chat:nick:NICK` (lower-cased), the member key owning a nickname and a
+//! proof of its reclaim token (`NODE/ADDR PROOF`, the first 128 bits of the
+//! SHA-256 of the token's secret, never the secret), with an expiry, so a
+//! client that moves to another node with its token takes its nickname
+//! with it; `chat:node:NODE`, the channel a node hears private messages
 //! for its members on; `chat:sweeper`, the lock held by the one node that
 //! sweeps at a time.
 //!
@@ -42,36 +45,45 @@ pub const SWEEPER: &str = "-";
 /// The reason given for members whose node stopped.
 pub const NODE_GONE: &str = "their server stopped";
 
-/// Takes a nickname for a member if it is free or already its own.
-/// KEYS: nick. ARGV: member key, TTL ms. Returns 1 (taken) or 0.
+/// Takes a nickname for a member if it is free or already its own, or if
+/// the member shows the reclaim proof of its owner (a client that moved
+/// here from another node). KEYS: nick. ARGV: member key, the value to set
+/// (`KEY PROOF`), TTL ms, the proof shown (or empty). Returns 1 (had), 2
+/// (taken back with the proof) or 0 (someone else has it).
 const CLAIM_SCRIPT: &str = r"
 local v = redis.call('GET', KEYS[1])
-if not v then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 1
+local owner, proof = nil, nil
+if v then owner, proof = string.match(v, '^(%S+) (%S+)$') end
+local got = 0
+if (not v) or owner == ARGV[1] then
+  got = 1
+elseif ARGV[4] ~= '' and proof == ARGV[4] then
+  got = 2
 end
-if v == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return 1
+if got > 0 then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 end
-return 0
+return got
 ";
 
 /// Frees a nickname if the member still owns it. KEYS: nick. ARGV: member
-/// key.
+/// key. Returns 1 (freed), 0 (nobody had it) or -1 (someone else has it).
 const RELEASE_SCRIPT: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
+local v = redis.call('GET', KEYS[1])
+if not v then return 0 end
+if string.match(v, '^(%S+) ') == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  return 1
 end
-return 0
+return -1
 ";
 
 /// Hands a nickname from one member to another (a reclaim on this node),
-/// if the first still owns it or nobody does. KEYS: nick. ARGV: from, to,
-/// TTL ms.
+/// if the first still owns it or nobody does. KEYS: nick. ARGV: from's
+/// key, the value to set, TTL ms.
 const MOVE_SCRIPT: &str = r"
 local v = redis.call('GET', KEYS[1])
-if (not v) or v == ARGV[1] then
+if (not v) or string.match(v, '^(%S+) ') == ARGV[1] then
   redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
   return 1
 end
@@ -79,8 +91,8 @@ return 0
 ";
 
 /// A refresh of one nickname: extended if the member owns it, taken again
-/// if it expired meanwhile (Redis was away longer than the TTL). KEYS:
-/// nick. ARGV: member key, TTL ms. Returns 0 if someone else has it now.
+/// if it expired meanwhile (Redis was away longer than the TTL); 0 if
+/// someone else has it now. The arguments of [`CLAIM_SCRIPT`], no proof.
 const REFRESH_SCRIPT: &str = CLAIM_SCRIPT;
 
 /// The live members of a room with their entries. KEYS: who, info. ARGV:
@@ -119,7 +131,14 @@ return out
 ";
 
 /// Takes or keeps the sweeper's lock. KEYS: lock. ARGV: node, TTL ms.
-const LOCK_SCRIPT: &str = CLAIM_SCRIPT;
+const LOCK_SCRIPT: &str = r"
+local v = redis.call('GET', KEYS[1])
+if (not v) or v == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+";
 
 /// The sorted set of a room's members.
 pub fn who_key(room: &str) -> String {
@@ -151,6 +170,19 @@ pub fn node_of_channel(name: &str) -> Option<&str> {
     name.strip_prefix("chat:node:")
 }
 
+/// The proof of a reclaim token's secret kept with a nickname: the first
+/// 128 bits of its SHA-256, in hex; `-` (matching no proof) for none.
+pub fn proof(secret: u128) -> String {
+    if secret == 0 {
+        return "-".to_string();
+    }
+    let digest = ring::digest::digest(&ring::digest::SHA256, &secret.to_le_bytes());
+    digest.as_ref()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// A member's key: its node and address.
 pub fn member_key(node: &str, addr: SocketAddr) -> String {
     format!("{node}/{addr}")
@@ -175,8 +207,20 @@ pub fn announcement(node: &str, event: &Event) -> Option<String> {
 pub struct Snapshot {
     /// Members by room.
     pub rooms: HashMap<String, Vec<MemberInfo>>,
-    /// Nicknames and their owners.
-    pub nicks: Vec<(String, SocketAddr)>,
+    /// Nicknames with their owners' addresses and reclaim secrets.
+    pub nicks: Vec<(String, SocketAddr, u128)>,
+}
+
+/// The outcome of a nickname claim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// Someone else has it.
+    Taken,
+    /// It is the member's.
+    Had,
+    /// It is the member's, taken back from its owner on another node by
+    /// the owner's reclaim token (the same client, moved here).
+    Reclaimed,
 }
 
 /// One node's view of presence in Redis; cheap to clone.
@@ -226,6 +270,16 @@ pub enum Change {
         /// What is told.
         event: Event,
     },
+    /// A member has a nickname (claimed before it connected): its value
+    /// gets the member's reclaim proof.
+    Own {
+        /// The nickname.
+        nick: String,
+        /// Its owner.
+        addr: SocketAddr,
+        /// The owner's reclaim secret.
+        secret: u128,
+    },
     /// A member gave up a nickname.
     Release {
         /// The nickname.
@@ -241,6 +295,8 @@ pub enum Change {
         from: SocketAddr,
         /// Its owner from now.
         to: SocketAddr,
+        /// The new owner's reclaim secret.
+        secret: u128,
     },
 }
 
@@ -266,6 +322,23 @@ impl Presence {
 
     fn key(&self, addr: SocketAddr) -> String {
         member_key(&self.node, addr)
+    }
+
+    /// What a nickname's key holds for its owner.
+    fn owner_value(&self, addr: SocketAddr, secret: u128) -> String {
+        format!("{} {}", self.key(addr), proof(secret))
+    }
+
+    fn claim_command(&self, nick: &str, addr: SocketAddr, secret: u128, shown: &str) -> redis::Cmd {
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(CLAIM_SCRIPT)
+            .arg(1)
+            .arg(nick_key(nick))
+            .arg(self.key(addr))
+            .arg(self.owner_value(addr, secret))
+            .arg(self.ttl_ms())
+            .arg(shown);
+        cmd
     }
 
     fn expiry(&self) -> u64 {
@@ -319,6 +392,10 @@ impl Presence {
                     self.publish(pipe, room, Some(event));
                 }
                 Change::Announce { room, event } => self.publish(pipe, room, Some(event)),
+                Change::Own { nick, addr, secret } => {
+                    pipe.add_command(self.claim_command(nick, *addr, *secret, ""))
+                        .ignore();
+                }
                 Change::Release { nick, addr } => {
                     pipe.cmd("EVAL")
                         .arg(RELEASE_SCRIPT)
@@ -327,13 +404,18 @@ impl Presence {
                         .arg(self.key(*addr))
                         .ignore();
                 }
-                Change::Move { nick, from, to } => {
+                Change::Move {
+                    nick,
+                    from,
+                    to,
+                    secret,
+                } => {
                     pipe.cmd("EVAL")
                         .arg(MOVE_SCRIPT)
                         .arg(1)
                         .arg(nick_key(nick))
                         .arg(self.key(*from))
-                        .arg(self.key(*to))
+                        .arg(self.owner_value(*to, *secret))
                         .arg(ttl)
                         .ignore();
                 }
@@ -347,18 +429,25 @@ impl Presence {
         }
     }
 
-    /// Takes `nick` for the member at `addr` on this node: true if it is
-    /// its own now, false if a member (of any node) has it.
-    pub async fn claim(&self, nick: &str, addr: SocketAddr) -> Result<bool, StoreError> {
-        let taken: i64 = redis::cmd("EVAL")
-            .arg(CLAIM_SCRIPT)
-            .arg(1)
-            .arg(nick_key(nick))
-            .arg(self.key(addr))
-            .arg(self.ttl_ms())
+    /// Takes `nick` for the member at `addr` on this node, whose reclaim
+    /// secret is `secret` (0: not known yet, see [`Change::Own`]), showing
+    /// `shown`, the proof of the reclaim token it came with, if any.
+    pub async fn claim(
+        &self,
+        nick: &str,
+        addr: SocketAddr,
+        secret: u128,
+        shown: Option<&str>,
+    ) -> Result<Claim, StoreError> {
+        let got: i64 = self
+            .claim_command(nick, addr, secret, shown.unwrap_or(""))
             .query_async(&mut self.log.conn())
             .await?;
-        Ok(taken == 1)
+        Ok(match got {
+            1 => Claim::Had,
+            2 => Claim::Reclaimed,
+            _ => Claim::Taken,
+        })
     }
 
     /// Frees `nick` if the member at `addr` on this node still owns it.
@@ -402,20 +491,22 @@ impl Presence {
             pipe.add_command(hset).ignore();
             pipe.cmd("SADD").arg(ROOMS_KEY).arg(room).ignore();
         }
-        for (nick, addr) in nicks {
+        for (nick, addr, secret) in nicks {
             pipe.cmd("EVAL")
                 .arg(REFRESH_SCRIPT)
                 .arg(1)
                 .arg(nick_key(nick))
                 .arg(self.key(*addr))
-                .arg(self.ttl_ms());
+                .arg(self.owner_value(*addr, *secret))
+                .arg(self.ttl_ms())
+                .arg("");
         }
         let kept: Vec<i64> = pipe.query_async(&mut self.log.conn()).await?;
         Ok(nicks
             .iter()
             .zip(kept)
             .filter(|(_, kept)| *kept == 0)
-            .map(|((nick, _), _)| nick.clone())
+            .map(|((nick, _, _), _)| nick.clone())
             .collect())
     }
 
@@ -468,8 +559,10 @@ impl Presence {
             .arg(nick_key(nick))
             .query_async(&mut self.log.conn())
             .await?;
-        Ok(key.as_deref().and_then(|k| {
-            let (node, addr) = parse_member_key(k)?;
+        Ok(key.as_deref().and_then(|value| {
+            // `KEY PROOF`
+            let key = value.split(' ').next()?;
+            let (node, addr) = parse_member_key(key)?;
             Some((node.to_string(), addr))
         }))
     }
@@ -535,12 +628,18 @@ impl Presence {
                 };
                 removed += 1;
                 if let Some(nick) = &info.nick {
-                    pipe.cmd("EVAL")
+                    let freed: i64 = redis::cmd("EVAL")
                         .arg(RELEASE_SCRIPT)
                         .arg(1)
                         .arg(nick_key(nick))
                         .arg(key)
-                        .ignore();
+                        .query_async(&mut conn)
+                        .await?;
+                    if freed < 0 {
+                        // Its client took it back on another node with
+                        // its reclaim token: it has not left.
+                        continue;
+                    }
                 }
                 let leave = Event::Left {
                     room: room.clone(),
@@ -583,7 +682,7 @@ impl Presence {
                 });
             }
         }
-        for (nick, addr) in nicks {
+        for (nick, addr, _) in nicks {
             changes.push(Change::Release {
                 nick: nick.clone(),
                 addr: *addr,
@@ -609,5 +708,18 @@ mod tests {
         assert_eq!(nick_key("Alice"), nick_key("alice"));
         assert_eq!(who_key("#rust"), "chat:{#rust}:who");
         assert_eq!(node_of_channel(&node_channel("ab")), Some("ab"));
+    }
+
+    #[test]
+    fn a_proof_is_a_hash_of_the_secret_never_the_secret() {
+        let secret = 0x0123_4567_89ab_cdef_0011_2233_4455_6677_u128;
+        let p = proof(secret);
+        assert_eq!(p.len(), 32);
+        assert!(p.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_eq!(p, proof(secret), "the same for the same secret");
+        assert_ne!(p, proof(secret + 1));
+        assert!(!p.contains(&format!("{secret:x}")));
+        // No secret: a proof no token can show.
+        assert_eq!(proof(0), "-");
     }
 }

@@ -470,8 +470,10 @@ async fn node_process(redis: &RedisServer) -> (tokio::process::Child, String) {
 }
 
 /// `kill -9` a node: within 30 s (here a TTL of 3 s) another node shows
-/// its users leaving, their nicknames are free, and a client of the dead
-/// node resumes on another with exactly what it missed.
+/// its users leaving and their nicknames are free; a client of the dead
+/// node that comes back on another with its reclaim token keeps its
+/// nickname at once, is not shown leaving or joining, and resumes with
+/// exactly what it missed.
 #[tokio::test]
 async fn a_node_killed_loses_only_its_connections_and_its_users_leave_in_time() {
     let Some(redis) = RedisServer::start() else {
@@ -485,44 +487,40 @@ async fn a_node_killed_loses_only_its_connections_and_its_users_leave_in_time() 
     let (mut alice, welcome) = connect_json(&one).await;
     let epoch = welcome["epoch"].as_u64().unwrap();
     nick(&mut alice, "alice").await;
-    let (mut bob, _) =
-        Client::connect_to(&format!("{two_url}/?nick=bob"), Some("chat.v1.json")).await;
-    let bob_addr = bob.addr.to_string();
-    assert_eq!(bob.recv_json_type("welcome").await["nick"], "bob");
-    event_about(&mut alice, "joined", &bob_addr).await;
+    let mut on_two = Vec::new();
+    for name in ["bob", "carol"] {
+        let url = format!("{two_url}/?nick={name}");
+        let (mut c, _) = Client::connect_to(&url, Some("chat.v1.json")).await;
+        let welcome = c.recv_json_type("welcome").await;
+        assert_eq!(welcome["nick"], name);
+        let token = welcome["reclaim"]
+            .as_str()
+            .expect("a reclaim token")
+            .to_string();
+        event_about(&mut alice, "joined", &c.addr.to_string()).await;
+        on_two.push((c, token));
+    }
     alice.send("before").await;
-    let (seen, _) = lines(&mut bob, 1).await[0].clone();
+    let (seen, _) = lines(&mut on_two[0].0, 1).await[0].clone();
 
     two.kill().await.expect("kill -9 the node");
     let killed = tokio::time::Instant::now();
     for i in 0..3 {
         alice.send(&format!("after {i}")).await;
     }
-    let left = tokio::time::timeout(
-        Duration::from_secs(30),
-        event_about(&mut alice, "left", &bob_addr),
-    )
-    .await
-    .expect("bob shown leaving within 30 s");
-    println!("bob shown leaving {:?} after the kill", killed.elapsed());
-    assert_eq!(left["nick"], "bob", "{left}");
-    assert_eq!(left["reason"], "their server stopped", "{left}");
-    // He is gone from `/who`, and his nickname is free: his client comes
-    // back on the live node under it and resumes without loss.
-    assert_eq!(who(&mut alice).await, ["alice"]);
-    let (mut back, _) =
-        Client::connect_to(&format!("{}/?nick=bob", one.url()), Some("chat.v1.json")).await;
-    let welcome = back.recv_json_type("welcome").await;
-    assert_eq!(welcome["nick"], "bob", "{welcome}");
+    // Bob's client moves to the live node at once with its token.
+    let (_, token) = &on_two[0];
+    let url = format!("{}/?nick=bob&reclaim={token}", one.url());
+    let (mut bob, _) = Client::connect_to(&url, Some("chat.v1.json")).await;
+    let welcome = bob.recv_json_type("welcome").await;
+    assert_eq!(welcome["nick"], "bob", "kept across nodes: {welcome}");
     assert_eq!(welcome["epoch"].as_u64(), Some(epoch));
-    // Past the history shown on joining.
-    let me = back.addr.to_string();
-    event_about(&mut back, "joined", &me).await;
-    back.send(&format!("/resume {epoch} {seen}")).await;
+    bob.send(&format!("/resume {epoch} {seen}")).await;
     let mut missed = Vec::new();
     loop {
-        let v = back.recv_json().await;
+        let v = bob.recv_json().await;
         match v["type"].as_str() {
+            // The history shown on joining comes first, then the resume's.
             Some("message") => missed.push(v["text"].as_str().unwrap_or("").to_string()),
             Some("resumed") => {
                 assert_eq!(v["lost"], 0, "{v}");
@@ -532,6 +530,32 @@ async fn a_node_killed_loses_only_its_connections_and_its_users_leave_in_time() 
             _ => {}
         }
     }
-    assert_eq!(missed, ["after 0", "after 1", "after 2"]);
+    assert_eq!(
+        missed[missed.len() - 3..],
+        ["after 0", "after 1", "after 2"]
+    );
+    // Carol does not come back: shown leaving within 30 s, and bob,
+    // who did, neither leaves nor joins.
+    let carol_addr = on_two[1].0.addr.to_string();
+    let left = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let v = alice.recv_json().await;
+            if matches!(v["type"].as_str(), Some("joined" | "left")) {
+                assert_ne!(v["nick"], "bob", "bob moved, he did not come or go: {v}");
+            }
+            if v["type"] == "left" && v["addr"] == carol_addr {
+                return v;
+            }
+        }
+    })
+    .await
+    .expect("carol shown leaving within 30 s");
+    println!("carol shown leaving {:?} after the kill", killed.elapsed());
+    assert_eq!(left["nick"], "carol", "{left}");
+    assert_eq!(left["reason"], "their server stopped", "{left}");
+    assert_eq!(who(&mut alice).await, ["alice", "bob"]);
+    // Her nickname is free.
+    let mut again = Client::connect_query(&one, "nick=carol", Some("chat.v1.json")).await;
+    assert_eq!(again.recv_json_type("welcome").await["nick"], "carol");
     one.shutdown().await;
 }
