@@ -160,7 +160,7 @@ impl Args {
             bail!("--connect-concurrency must be at least 1");
         }
         let urls = self.url.len();
-        if let Some(i) = self.url.iter().position(|u| u.is_empty()) {
+        if let Some(i) = self.url.iter().position(|u| u.trim().is_empty()) {
             bail!("--url: URL {} of {urls} is empty", i + 1);
         }
         if urls > 1 && self.clients < urls {
@@ -180,7 +180,8 @@ impl Args {
 
     /// The URLs as one string: the URL itself when there is one.
     pub fn url_list(&self) -> String {
-        self.url.join(",")
+        let urls: Vec<&str> = self.url.iter().map(|u| u.trim()).collect();
+        urls.join(",")
     }
 
     /// Which of the URLs client `i` connects to.
@@ -193,9 +194,11 @@ impl Args {
     }
 
     /// Parses every URL and resolves its host to one socket address, in
-    /// the order given; the first bad one fails, named.
+    /// the order given; the first bad one fails, named. Spaces around a
+    /// URL are dropped (`--url "ws://a:1, ws://b:2"`), as the chat client
+    /// does.
     pub fn targets(&self) -> Result<Vec<Target>> {
-        self.url.iter().map(|url| target(url)).collect()
+        self.url.iter().map(|url| target(url.trim())).collect()
     }
 
     /// Source addresses to bind clients to. Each source address offers about
@@ -307,6 +310,16 @@ mod tests {
         let ports: Vec<u16> = targets.iter().map(|t| t.addr.port()).collect();
         assert_eq!(ports, [2001, 2002, 2003]);
         assert_eq!(targets[1].url, "ws://127.0.0.1:2002");
+    }
+
+    #[test]
+    fn spaces_around_urls_are_dropped() {
+        let args = parse(&["--url", "ws://127.0.0.1:2001, ws://127.0.0.1:2002 "]);
+        let targets = args.targets().expect("both resolve");
+        assert_eq!(targets[1].url, "ws://127.0.0.1:2002");
+        assert_eq!(args.url_list(), "ws://127.0.0.1:2001,ws://127.0.0.1:2002");
+        let e = error(&["--url", "ws://127.0.0.1:2001, "]);
+        assert!(e.contains("URL 2 of 2 is empty"), "{e}");
     }
 
     #[test]
