@@ -16,9 +16,11 @@ use http::Uri;
 #[derive(Debug, Clone, Parser)]
 #[command(name = "chat-load", version)]
 pub struct Args {
-    /// Server URL, e.g. ws://127.0.0.1:2000
-    #[arg(long, default_value = "ws://127.0.0.1:2000")]
-    pub url: String,
+    /// Server URL, e.g. ws://127.0.0.1:2000. Several (comma-separated, or
+    /// the flag repeated) spread the clients over them: client i connects to
+    /// URL i % N, and so do the senders, which are clients 0..SENDERS.
+    #[arg(long, value_delimiter = ',', default_value = "ws://127.0.0.1:2000")]
+    pub url: Vec<String>,
 
     /// Number of connected clients (senders included).
     #[arg(long, default_value_t = 100)]
@@ -44,9 +46,11 @@ pub struct Args {
     #[arg(long, default_value_t = 64)]
     pub size: usize,
 
-    /// PID of the server process: adds its CPU time per delivery and its memory to the report.
-    #[arg(long = "server-pid")]
-    pub server_pid: Option<u32>,
+    /// PID of the server process: adds its CPU time per delivery and its
+    /// memory to the report. With several URLs, one PID per URL in the same
+    /// order (comma-separated) gives each node's figures and their sum.
+    #[arg(long = "server-pid", value_delimiter = ',')]
+    pub server_pid: Vec<u32>,
 
     /// Print the report as one JSON object on stdout instead of the table.
     #[arg(long)]
@@ -111,6 +115,8 @@ pub struct Args {
 /// Where to connect, resolved from the URL once.
 #[derive(Debug, Clone)]
 pub struct Target {
+    /// The URL as given, for messages and the report.
+    pub url: String,
     pub uri: Uri,
     pub addr: std::net::SocketAddr,
 }
@@ -153,49 +159,60 @@ impl Args {
         if self.connect_concurrency == 0 {
             bail!("--connect-concurrency must be at least 1");
         }
+        let urls = self.url.len();
+        if let Some(i) = self.url.iter().position(|u| u.trim().is_empty()) {
+            bail!("--url: URL {} of {urls} is empty", i + 1);
+        }
+        if urls > 1 && self.clients < urls {
+            bail!(
+                "--clients ({}) must be at least the number of URLs ({urls}): every server needs a client",
+                self.clients
+            );
+        }
+        let pids = self.server_pid.len();
+        if pids > 1 && pids != urls {
+            bail!(
+                "--server-pid: {pids} PIDs for {urls} URL(s); give one PID per URL, in the same order (or a single PID)"
+            );
+        }
         Ok(())
+    }
+
+    /// The URLs as one string: the URL itself when there is one.
+    pub fn url_list(&self) -> String {
+        let urls: Vec<&str> = self.url.iter().map(|u| u.trim()).collect();
+        urls.join(",")
+    }
+
+    /// Which of the URLs client `i` connects to.
+    pub fn node_of(&self, client: usize) -> usize {
+        client % self.url.len().max(1)
     }
 
     pub fn is_idle(&self) -> bool {
         self.idle || self.senders == 0
     }
 
-    /// Parses the URL and resolves its host to one socket address.
-    pub fn target(&self) -> Result<Target> {
-        let uri: Uri = self
-            .url
-            .parse()
-            .with_context(|| format!("invalid --url {:?}", self.url))?;
-        match uri.scheme_str() {
-            Some("ws") => {}
-            Some("wss") => bail!(
-                "--url {}: wss:// is not supported (plain ws only)",
-                self.url
-            ),
-            _ => bail!("--url {}: expected a ws:// URL", self.url),
-        }
-        let host = uri
-            .host()
-            .with_context(|| format!("--url {} has no host", self.url))?;
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        let port = uri.port_u16().unwrap_or(80);
-        let addr = std::net::ToSocketAddrs::to_socket_addrs(&(host, port))
-            .with_context(|| format!("cannot resolve host of {}", self.url))?
-            .next()
-            .with_context(|| format!("host of {} resolves to no address", self.url))?;
-        Ok(Target { uri, addr })
+    /// Parses every URL and resolves its host to one socket address, in
+    /// the order given; the first bad one fails, named. Spaces around a
+    /// URL are dropped (`--url "ws://a:1, ws://b:2"`), as the chat client
+    /// does.
+    pub fn targets(&self) -> Result<Vec<Target>> {
+        self.url.iter().map(|url| target(url.trim())).collect()
     }
 
     /// Source addresses to bind clients to. Each source address offers about
     /// 28,000 ephemeral ports, so large runs against a loopback server spread
     /// over several 127.0.0.x addresses (all of 127/8 reaches `lo` on Linux).
-    pub fn source_addrs(&self, target: &Target) -> Vec<IpAddr> {
+    pub fn source_addrs(&self, targets: &[Target]) -> Vec<IpAddr> {
         /// Clients per source address when not told otherwise.
         const CLIENTS_PER_SOURCE: usize = 8_000;
         if !self.sources.is_empty() {
             return self.sources.clone();
         }
-        let loopback_v4 = matches!(target.addr.ip(), IpAddr::V4(ip) if ip.is_loopback());
+        let loopback_v4 = targets
+            .iter()
+            .all(|t| matches!(t.addr.ip(), IpAddr::V4(ip) if ip.is_loopback()));
         if !loopback_v4 {
             // Let the kernel pick: we cannot know which local addresses route there.
             return Vec::new();
@@ -216,6 +233,154 @@ impl Args {
     }
 }
 
+/// Parses one URL and resolves its host to one socket address.
+fn target(url: &str) -> Result<Target> {
+    let uri: Uri = url
+        .parse()
+        .with_context(|| format!("invalid --url {url:?}"))?;
+    match uri.scheme_str() {
+        Some("ws") => {}
+        Some("wss") => bail!("--url {url}: wss:// is not supported (plain ws only)"),
+        _ => bail!("--url {url}: expected a ws:// URL"),
+    }
+    let host = uri
+        .host()
+        .with_context(|| format!("--url {url} has no host"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let port = uri.port_u16().unwrap_or(80);
+    let addr = std::net::ToSocketAddrs::to_socket_addrs(&(host, port))
+        .with_context(|| format!("cannot resolve host of {url}"))?
+        .next()
+        .with_context(|| format!("host of {url} resolves to no address"))?;
+    Ok(Target {
+        url: url.to_string(),
+        uri,
+        addr,
+    })
+}
+
 pub fn secs(v: f64) -> Duration {
     Duration::from_secs_f64(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(flags: &[&str]) -> Args {
+        let argv = std::iter::once("chat-load").chain(flags.iter().copied());
+        Args::try_parse_from(argv).expect("flags parse")
+    }
+
+    fn error(flags: &[&str]) -> String {
+        let args = parse(flags);
+        let checked = args.validate().and_then(|()| args.targets().map(|_| ()));
+        format!("{:#}", checked.expect_err("flags are refused"))
+    }
+
+    #[test]
+    fn one_url_by_default() {
+        let args = parse(&[]);
+        assert_eq!(args.url, ["ws://127.0.0.1:2000"]);
+        assert_eq!(args.url_list(), "ws://127.0.0.1:2000");
+        assert!(args.server_pid.is_empty());
+    }
+
+    #[test]
+    fn urls_come_as_a_comma_list_and_as_repeated_flags() {
+        let args = parse(&[
+            "--url",
+            "ws://127.0.0.1:2001,ws://127.0.0.1:2002",
+            "--url",
+            "ws://127.0.0.1:2003",
+            "--server-pid",
+            "11,12,13",
+        ]);
+        assert_eq!(
+            args.url,
+            [
+                "ws://127.0.0.1:2001",
+                "ws://127.0.0.1:2002",
+                "ws://127.0.0.1:2003"
+            ]
+        );
+        assert_eq!(args.server_pid, [11, 12, 13]);
+        args.validate().expect("valid");
+        let targets = args.targets().expect("all resolve");
+        let ports: Vec<u16> = targets.iter().map(|t| t.addr.port()).collect();
+        assert_eq!(ports, [2001, 2002, 2003]);
+        assert_eq!(targets[1].url, "ws://127.0.0.1:2002");
+    }
+
+    #[test]
+    fn spaces_around_urls_are_dropped() {
+        let args = parse(&["--url", "ws://127.0.0.1:2001, ws://127.0.0.1:2002 "]);
+        let targets = args.targets().expect("both resolve");
+        assert_eq!(targets[1].url, "ws://127.0.0.1:2002");
+        assert_eq!(args.url_list(), "ws://127.0.0.1:2001,ws://127.0.0.1:2002");
+        let e = error(&["--url", "ws://127.0.0.1:2001, "]);
+        assert!(e.contains("URL 2 of 2 is empty"), "{e}");
+    }
+
+    #[test]
+    fn clients_and_senders_go_round_robin() {
+        let args = parse(&[
+            "--url",
+            "ws://127.0.0.1:1,ws://127.0.0.1:2,ws://127.0.0.1:3",
+        ]);
+        let nodes: Vec<usize> = (0..7).map(|i| args.node_of(i)).collect();
+        assert_eq!(nodes, [0, 1, 2, 0, 1, 2, 0]);
+        assert_eq!(parse(&[]).node_of(5), 0);
+    }
+
+    #[test]
+    fn a_bad_url_is_named() {
+        let e = error(&["--url", "ws://127.0.0.1:2001,http://127.0.0.1:2002"]);
+        assert!(
+            e.contains("http://127.0.0.1:2002: expected a ws:// URL"),
+            "{e}"
+        );
+        let e = error(&["--url", "ws://127.0.0.1:2001,wss://127.0.0.1:2002"]);
+        assert!(e.contains("wss://127.0.0.1:2002"), "{e}");
+        let e = error(&["--url", "ws://127.0.0.1:2001,,ws://127.0.0.1:2003"]);
+        assert!(e.contains("URL 2 of 3 is empty"), "{e}");
+    }
+
+    #[test]
+    fn pids_must_match_the_urls_or_be_one() {
+        let urls = "ws://127.0.0.1:1,ws://127.0.0.1:2,ws://127.0.0.1:3";
+        let e = error(&["--url", urls, "--server-pid", "1,2"]);
+        assert!(e.contains("2 PIDs for 3 URL(s)"), "{e}");
+        parse(&["--url", urls, "--server-pid", "7"])
+            .validate()
+            .expect("one PID for all is allowed");
+        let e = error(&["--server-pid", "1,2"]);
+        assert!(e.contains("2 PIDs for 1 URL(s)"), "{e}");
+    }
+
+    #[test]
+    fn every_url_needs_a_client() {
+        let e = error(&[
+            "--url",
+            "ws://127.0.0.1:1,ws://127.0.0.1:2,ws://127.0.0.1:3",
+            "--clients",
+            "2",
+            "--senders",
+            "1",
+        ]);
+        assert!(
+            e.contains("--clients (2) must be at least the number of URLs (3)"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn loopback_sources_only_when_every_url_is_loopback() {
+        let args = parse(&["--url", "ws://127.0.0.1:1,ws://127.0.0.1:2"]);
+        let targets = args.targets().expect("resolve");
+        assert_eq!(args.source_addrs(&targets).len(), 1);
+        let mut mixed = targets.clone();
+        mixed[1].addr = "10.0.0.1:2".parse().expect("address");
+        assert!(args.source_addrs(&mixed).is_empty());
+    }
 }

@@ -34,7 +34,7 @@ fn main() -> ExitCode {
                 // Scripts parse stdout: give them an object there too.
                 println!(
                     "{}",
-                    serde_json::json!({ "url": args.url, "error": format!("{e:#}") })
+                    serde_json::json!({ "url": args.url_list(), "error": format!("{e:#}") })
                 );
             }
             eprintln!("chat-load: error: {e:#}");

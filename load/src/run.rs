@@ -4,6 +4,14 @@
 //! against `verify::ClientLog`; senders get a second task that writes. All
 //! waiting is bounded: a server that stops relaying ends the run with the
 //! loss reported, never with a hang.
+//!
+//! With several URLs (nodes of one chat sharing its rooms), client `i` is
+//! on node `i % N`, senders included, and every client must still receive
+//! every sender's messages, whichever node the sender is on. Nothing waits
+//! on one node: the barrier is complete when every client on every node has
+//! every sender's barrier, and the drain ends on the last delivery anywhere
+//! (or a quiet spell everywhere), so a node that is late or loses lines
+//! shows in its own figures.
 
 use std::collections::HashSet;
 use std::io::{IsTerminal, Write};
@@ -20,7 +28,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_websockets::Message;
 
-use crate::args::{secs, Args};
+use crate::args::{secs, Args, Target};
 use crate::clock;
 use crate::connect::{self, new_histogram, Ws};
 use crate::marker::{self, Frame, Mark};
@@ -41,11 +49,13 @@ struct Shared {
     /// Measured messages written by all senders.
     sent: AtomicU64,
     last_delivery_ns: AtomicU64,
-    /// Per barrier round: distinct (client, sender) barrier receipts.
-    barrier_hits: Vec<AtomicU64>,
+    /// Per barrier round, per node: distinct (client, sender) barrier
+    /// receipts by that node's clients.
+    barrier_hits: Vec<Vec<AtomicU64>>,
     disconnected: AtomicUsize,
     senders_done: AtomicUsize,
-    latency_us: Mutex<Histogram<u64>>,
+    /// Per node: latencies seen by that node's clients.
+    latency_us: Vec<Mutex<Histogram<u64>>>,
     /// Open loop: how late each message went out, from its due time to
     /// the moment the frame was written (the tool's own delay, which the
     /// latency includes).
@@ -66,24 +76,26 @@ struct SenderEnd {
 }
 
 pub async fn run(args: &Args) -> Result<Report> {
-    let target = args.target()?;
-    let sources = args.source_addrs(&target);
-    let server = args.server_pid;
-    if let Some(pid) = server {
+    let targets = args.targets()?;
+    let nodes = targets.len();
+    let sources = args.source_addrs(&targets);
+    let pids = &args.server_pid;
+    for &pid in pids {
         proc_stats::check_pid(pid)?;
     }
-    let rss = |pid: Option<u32>| pid.and_then(|p| proc_stats::rss_kib(p).ok());
     let progress = Progress::new(!args.quiet && std::io::stderr().is_terminal());
 
     let mut report = Report::new(args, sources.len());
-    report.server_rss_kib_before = rss(server);
+    let mut servers = Servers::new(pids);
+    servers.rss_before();
 
     progress.note(&format!(
         "connecting {} clients to {}",
-        args.clients, args.url
+        args.clients,
+        args.url_list()
     ));
     let connected = connect::connect_all(
-        &target,
+        &targets,
         args.clients,
         &sources,
         args.connect_concurrency,
@@ -94,7 +106,7 @@ pub async fn run(args: &Args) -> Result<Report> {
     let slow = if args.slow_clients > 0 {
         progress.note(&format!("connecting {} slow clients", args.slow_clients));
         connect::connect_all(
-            &target,
+            &targets,
             args.slow_clients,
             &sources,
             args.connect_concurrency,
@@ -116,11 +128,11 @@ pub async fn run(args: &Args) -> Result<Report> {
         sent: AtomicU64::new(0),
         last_delivery_ns: AtomicU64::new(0),
         barrier_hits: (0..args.barrier_rounds)
-            .map(|_| AtomicU64::new(0))
+            .map(|_| (0..nodes).map(|_| AtomicU64::new(0)).collect())
             .collect(),
         disconnected: AtomicUsize::new(0),
         senders_done: AtomicUsize::new(0),
-        latency_us: Mutex::new(new_histogram()),
+        latency_us: (0..nodes).map(|_| Mutex::new(new_histogram())).collect(),
         lateness_us: Mutex::new(new_histogram()),
     });
     // In closed loop each sender may have `in_flight` messages whose own echo
@@ -155,6 +167,7 @@ pub async fn run(args: &Args) -> Result<Report> {
         };
         readers.push(tokio::spawn(read_loop(
             i,
+            args.node_of(i),
             source,
             shared.clone(),
             window,
@@ -166,26 +179,42 @@ pub async fn run(args: &Args) -> Result<Report> {
         // Idle: give the server time to settle its per-connection state.
         progress.note(&format!("holding {} idle connections", args.clients));
         tokio::time::sleep(secs(args.hold)).await;
-        report.server_rss_kib_connected = rss(server);
-        report.server_rss_kib_end = rss(server);
+        servers.rss_connected();
+        servers.rss_end();
         report.clients_disconnected = Some(shared.disconnected.load(Relaxed));
         cancel.cancel();
-        for r in readers {
-            let _ = r.await;
+        let mut disconnected = vec![0; nodes];
+        for (i, r) in readers.into_iter().enumerate() {
+            if let Ok(ReaderEnd {
+                lost_connection: Some(_),
+                ..
+            }) = r.await
+            {
+                disconnected[args.node_of(i)] += 1;
+            }
         }
-        report.finish_server(None, None);
+        report.set_nodes(&targets, pids, &disconnected, None);
+        servers.finish(&mut report, None, None);
         return Ok(report);
     }
 
     progress.note("barrier: waiting until every client receives every sender");
-    let (rounds, barrier_secs) =
-        barrier(args, runid, &shared, &mut sinks[..senders], &progress).await?;
+    let (rounds, barrier_secs) = barrier(
+        args,
+        &targets,
+        runid,
+        &shared,
+        &mut sinks[..senders],
+        &progress,
+    )
+    .await?;
     report.barrier_rounds = Some(rounds);
     report.barrier_seconds = Some(barrier_secs);
-    report.server_rss_kib_connected = rss(server);
+    servers.rss_connected();
+    servers.start_peak();
 
     // Measured window starts here.
-    let cpu0 = server.map(proc_stats::cpu_seconds).transpose()?;
+    let cpu0 = servers.cpu_seconds()?;
     let own_cpu0 = proc_stats::own_cpu_seconds().ok();
     let load_core = proc_stats::own_core();
     let wakeups0 = load_core.and_then(proc_stats::call_interrupts);
@@ -217,16 +246,10 @@ pub async fn run(args: &Args) -> Result<Report> {
 
     let total_msgs = senders as u64 * u64::from(args.messages);
     let clients = args.clients as u64;
-    let mut peak = report.server_rss_kib_connected;
-    let sample = |peak: &mut Option<u64>| {
-        if let Some(now) = rss(server) {
-            *peak = Some(peak.map_or(now, |p| p.max(now)));
-        }
-    };
     while shared.senders_done.load(Relaxed) < senders {
         tokio::time::sleep(Duration::from_millis(20)).await;
         progress.tick(&shared, total_msgs, clients, t0);
-        sample(&mut peak);
+        servers.sample_peak();
     }
     let mut sent_per_sender = Vec::with_capacity(senders);
     for (id, task) in sender_tasks.into_iter().enumerate() {
@@ -256,23 +279,24 @@ pub async fn run(args: &Args) -> Result<Report> {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
         progress.tick(&shared, total_msgs, clients, t0);
-        sample(&mut peak);
+        servers.sample_peak();
     }
     progress.done();
-    report.server_rss_kib_peak = peak;
 
-    let cpu1 = server.map(proc_stats::cpu_seconds).transpose()?;
+    let cpu1 = servers.cpu_seconds()?;
     let own_cpu1 = proc_stats::own_cpu_seconds().ok();
     let wakeups1 = load_core.and_then(proc_stats::call_interrupts);
     let wall = t0.elapsed().as_secs_f64();
-    report.server_rss_kib_end = rss(server);
+    servers.rss_end();
 
     cancel.cancel();
     let mut logs = Vec::with_capacity(readers.len());
-    for r in readers {
+    let mut disconnected = vec![0; nodes];
+    for (i, r) in readers.into_iter().enumerate() {
         let end = r.await.context("reader task panicked")?;
         if let Some(why) = end.lost_connection {
             report.note_disconnect(why);
+            disconnected[args.node_of(i)] += 1;
         }
         logs.push(end.log);
     }
@@ -290,6 +314,20 @@ pub async fn run(args: &Args) -> Result<Report> {
     }
 
     let counts = verify::tally(&logs, &sent_per_sender);
+    let per_node: Vec<(verify::Counts, Histogram<u64>)> = (0..nodes)
+        .map(|n| {
+            let mine = logs
+                .iter()
+                .enumerate()
+                .filter(|&(i, _)| args.node_of(i) == n)
+                .map(|(_, log)| log);
+            let latency = shared.latency_us[n]
+                .lock()
+                .map_err(|_| anyhow::anyhow!("latency histogram poisoned"))?
+                .clone();
+            Ok((verify::tally(mine, &sent_per_sender), latency))
+        })
+        .collect::<Result<_>>()?;
     // Throughput over the span that actually carried deliveries.
     let last_ns = shared.last_delivery_ns.load(Relaxed);
     let active = if last_ns > t0_ns {
@@ -297,11 +335,12 @@ pub async fn run(args: &Args) -> Result<Report> {
     } else {
         wall
     };
-    let latency = shared
-        .latency_us
-        .lock()
-        .map_err(|_| anyhow::anyhow!("latency histogram poisoned"))?
-        .clone();
+    let mut latency = new_histogram();
+    for (_, h) in &per_node {
+        latency
+            .add(h)
+            .map_err(|e| anyhow::anyhow!("cannot merge latency histograms: {e}"))?;
+    }
     let lateness = match args.rate {
         Some(_) => Some(
             shared
@@ -325,8 +364,106 @@ pub async fn run(args: &Args) -> Result<Report> {
         wall,
     });
     report.clients_disconnected = Some(shared.disconnected.load(Relaxed));
-    report.finish_server(cpu0.zip(cpu1).map(|(a, b)| b - a), Some(counts.delivered));
+    report.set_nodes(&targets, pids, &disconnected, Some(&per_node));
+    let delivered: Vec<u64> = per_node.iter().map(|(c, _)| c.delivered).collect();
+    servers.finish(&mut report, Some((cpu0, cpu1)), Some(&delivered));
     Ok(report)
+}
+
+/// Readings of the server processes named by `--server-pid`, one slot per
+/// PID: CPU over the measured window and resident memory at each phase.
+/// With several PIDs (one per URL) the report gets each node's figures and
+/// their sum; with one, exactly the figures it always had.
+struct Servers {
+    pids: Vec<u32>,
+    before: Vec<Option<u64>>,
+    connected: Vec<Option<u64>>,
+    end: Vec<Option<u64>>,
+    /// Per PID, the highest RSS sampled; and the highest of their sums.
+    peak: Vec<Option<u64>>,
+    peak_sum: Option<u64>,
+}
+
+impl Servers {
+    fn new(pids: &[u32]) -> Self {
+        let none = vec![None; pids.len()];
+        Servers {
+            pids: pids.to_vec(),
+            before: none.clone(),
+            connected: none.clone(),
+            end: none.clone(),
+            peak: none,
+            peak_sum: None,
+        }
+    }
+
+    fn rss(&self) -> Vec<Option<u64>> {
+        self.pids
+            .iter()
+            .map(|&p| proc_stats::rss_kib(p).ok())
+            .collect()
+    }
+
+    fn rss_before(&mut self) {
+        self.before = self.rss();
+    }
+
+    fn rss_connected(&mut self) {
+        self.connected = self.rss();
+    }
+
+    /// The measured run's peak starts from the connected readings.
+    fn start_peak(&mut self) {
+        self.peak = self.connected.clone();
+        self.peak_sum = report::sum(&self.connected);
+    }
+
+    fn rss_end(&mut self) {
+        self.end = self.rss();
+    }
+
+    fn sample_peak(&mut self) {
+        let now = self.rss();
+        for (peak, now) in self.peak.iter_mut().zip(&now) {
+            if let Some(now) = *now {
+                *peak = Some(peak.map_or(now, |p| p.max(now)));
+            }
+        }
+        if let Some(sum) = report::sum(&now) {
+            self.peak_sum = Some(self.peak_sum.map_or(sum, |p| p.max(sum)));
+        }
+    }
+
+    /// CPU seconds of each PID so far (empty without --server-pid).
+    fn cpu_seconds(&self) -> Result<Vec<f64>> {
+        self.pids
+            .iter()
+            .map(|&p| proc_stats::cpu_seconds(p))
+            .collect()
+    }
+
+    /// Hands the readings to the report: `cpu` is the readings at the start
+    /// and end of the measured window, `delivered` the deliveries per node.
+    fn finish(
+        self,
+        report: &mut Report,
+        cpu: Option<(Vec<f64>, Vec<f64>)>,
+        delivered: Option<&[u64]>,
+    ) {
+        let cpu: Vec<Option<f64>> = match cpu {
+            Some((a, b)) => a.iter().zip(&b).map(|(a, b)| Some(b - a)).collect(),
+            None => vec![None; self.pids.len()],
+        };
+        report.finish_server(report::ServerReadings {
+            before: &self.before,
+            connected: &self.connected,
+            end: &self.end,
+            peak: &self.peak,
+            peak_sum: self.peak_sum,
+            cpu_seconds: &cpu,
+            delivered,
+        });
+    }
 }
 
 /// Every sender sends a barrier message; the round succeeds when every client
@@ -335,6 +472,7 @@ pub async fn run(args: &Args) -> Result<Report> {
 /// (greeting, login, late subscription). Retries a few rounds, then fails.
 async fn barrier(
     args: &Args,
+    targets: &[Target],
     runid: u32,
     shared: &Shared,
     sinks: &mut [Sink],
@@ -342,6 +480,7 @@ async fn barrier(
 ) -> Result<(u32, f64)> {
     let t0 = Instant::now();
     let want = (args.clients * sinks.len()) as u64;
+    let round_hits = |round: &[AtomicU64]| round.iter().map(|h| h.load(Relaxed)).sum::<u64>();
     let timeout = secs(args.barrier_timeout);
     for round in 0..args.barrier_rounds {
         for (id, sink) in sinks.iter_mut().enumerate() {
@@ -350,12 +489,15 @@ async fn barrier(
                 .await
                 .map_err(|_| anyhow::anyhow!("timed out"))
                 .and_then(|r| r.map_err(anyhow::Error::from))
-                .with_context(|| format!("{}: sender {id} cannot send barrier", args.url))?;
+                .with_context(|| {
+                    let url = &targets[args.node_of(id)].url;
+                    format!("{url}: sender {id} cannot send barrier")
+                })?;
         }
         let round_start = Instant::now();
         let hits = &shared.barrier_hits[round as usize];
         while round_start.elapsed() < timeout {
-            if hits.load(Relaxed) >= want {
+            if round_hits(hits) >= want {
                 return Ok((round + 1, t0.elapsed().as_secs_f64()));
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -363,29 +505,50 @@ async fn barrier(
         progress.note(&format!(
             "barrier round {}: {} of {} receipts; retrying",
             round + 1,
-            hits.load(Relaxed),
+            round_hits(hits),
             want
         ));
     }
     let best = shared
         .barrier_hits
         .iter()
-        .map(|h| h.load(Relaxed))
-        .max()
-        .unwrap_or(0);
+        .max_by_key(|round| round_hits(round));
+    let best_hits = best.map_or(0, |round| round_hits(round));
+    // With several nodes, say which ones fell short in the best round.
+    let per_node = match best {
+        Some(round) if targets.len() > 1 => {
+            let short: Vec<String> = round
+                .iter()
+                .enumerate()
+                .filter_map(|(n, h)| {
+                    let clients = connect::clients_of(n, targets.len(), args.clients);
+                    let node_want = (clients * sinks.len()) as u64;
+                    let got = h.load(Relaxed);
+                    (got < node_want).then(|| format!("{} {got} of {node_want}", targets[n].url))
+                })
+                .collect();
+            format!(" (short: {})", short.join(", "))
+        }
+        _ => String::new(),
+    };
     bail!(
-        "{}: barrier failed: after {} rounds of {:.1}s the best round reached {best} of {want} \
-         (client, sender) receipts; {} clients disconnected. Is this a broadcast server that \
-         relays every text message to every client?",
-        args.url,
+        "{}: barrier failed: after {} rounds of {:.1}s the best round reached {best_hits} of {want} \
+         (client, sender) receipts{per_node}; {} clients disconnected. {}",
+        args.url_list(),
         args.barrier_rounds,
         args.barrier_timeout,
-        shared.disconnected.load(Relaxed)
+        shared.disconnected.load(Relaxed),
+        if targets.len() > 1 {
+            "Do these servers share one conversation (ours: the same --redis)?"
+        } else {
+            "Is this a broadcast server that relays every text message to every client?"
+        }
     )
 }
 
 async fn read_loop(
     index: usize,
+    node: usize,
     mut source: Source,
     shared: Arc<Shared>,
     window: Option<Arc<Semaphore>>,
@@ -412,14 +575,14 @@ async fn read_loop(
         }
         match shared.parser.parse(msg.as_payload()) {
             Frame::Message(mark) => {
-                on_message(&shared, &mut log, &mut pending, mark, own_id, &window);
+                on_message(&shared, node, &mut log, &mut pending, mark, own_id, &window);
             }
             Frame::Barrier { sender, round } => {
                 if (round as usize) < shared.barrier_hits.len()
                     && (sender as usize) < shared.senders
                     && barriers_seen.insert((sender, round))
                 {
-                    shared.barrier_hits[round as usize].fetch_add(1, Relaxed);
+                    shared.barrier_hits[round as usize][node].fetch_add(1, Relaxed);
                 }
             }
             Frame::Other => {}
@@ -428,7 +591,7 @@ async fn read_loop(
     if lost_connection.is_some() {
         shared.disconnected.fetch_add(1, Relaxed);
     }
-    flush_latencies(&shared, &mut pending);
+    flush_latencies(&shared, node, &mut pending);
     ReaderEnd {
         log,
         lost_connection,
@@ -437,6 +600,7 @@ async fn read_loop(
 
 fn on_message(
     shared: &Shared,
+    node: usize,
     log: &mut ClientLog,
     pending: &mut Vec<u64>,
     mark: Mark,
@@ -455,7 +619,7 @@ fn on_message(
     shared.last_delivery_ns.fetch_max(now, Relaxed);
     pending.push(now.saturating_sub(mark.send_ns) / 1_000);
     if pending.len() == pending.capacity() {
-        flush_latencies(shared, pending);
+        flush_latencies(shared, node, pending);
     }
     if own_id == Some(mark.sender) {
         if let Some(w) = window {
@@ -465,11 +629,11 @@ fn on_message(
     }
 }
 
-fn flush_latencies(shared: &Shared, pending: &mut Vec<u64>) {
+fn flush_latencies(shared: &Shared, node: usize, pending: &mut Vec<u64>) {
     if pending.is_empty() {
         return;
     }
-    if let Ok(mut h) = shared.latency_us.lock() {
+    if let Ok(mut h) = shared.latency_us[node].lock() {
         for &us in pending.iter() {
             h.saturating_record(us.max(1));
         }
