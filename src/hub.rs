@@ -1307,11 +1307,18 @@ impl Hub {
     /// the member at its `to` address: false if there is none here (it
     /// left), or its mailbox is full.
     pub fn deliver_private(&self, event: Event) -> bool {
-        let Event::Private { to, .. } = &event else {
+        let Event::Private { to, to_nick, .. } = &event else {
             return false;
         };
         let state = self.state();
-        let Some(member) = state.members.values().find(|m| m.addr == *to) else {
+        // By nickname (a map look-up), checked against the address.
+        let by_nick = to_nick
+            .as_deref()
+            .and_then(|n| state.nicks.get(&n.to_ascii_lowercase()))
+            .and_then(|id| state.members.get(id))
+            .filter(|m| m.addr == *to);
+        let Some(member) = by_nick.or_else(|| state.members.values().find(|m| m.addr == *to))
+        else {
             return false;
         };
         member.mailbox.push(Arc::new(Encoded::new(event)))

@@ -559,3 +559,97 @@ async fn a_node_killed_loses_only_its_connections_and_its_users_leave_in_time() 
     assert_eq!(again.recv_json_type("welcome").await["nick"], "carol");
     one.shutdown().await;
 }
+
+/// Nodes starting and stopping in the middle of a burst change nothing
+/// for the others: two senders on two nodes keep sending while a third
+/// node stops (cleanly) and a fourth starts and a client joins there.
+/// Every client of the nodes that stay sees seqs 1..=N once each in
+/// order, and the latecomer an unbroken run from its history to N.
+#[tokio::test]
+async fn nodes_starting_and_stopping_mid_burst_leave_no_gap_and_no_duplicate() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let (one, two, three) = (node(&redis).await, node(&redis).await, node(&redis).await);
+    let (mut s1, _) = connect_json(&one).await;
+    let (mut s2, _) = connect_json(&two).await;
+    let (mut w1, _) = connect_json(&one).await;
+    let (mut w2, _) = connect_json(&two).await;
+    let (mut leaving, _) = connect_json(&three).await;
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let churn = async {
+        lines(&mut leaving, 50).await;
+        three.shutdown().await;
+        let four = node(&redis).await;
+        let mut late = Client::connect_raw(&four, Some("chat.v1.json")).await;
+        // Its history, then 50 live lines: the burst is still going.
+        let (mut seqs, mut live) = (Vec::new(), 0);
+        while live < 50 {
+            let v = late.recv_json_type("message").await;
+            seqs.push(v["seq"].as_u64().expect("a seq"));
+            if v["history"] != true {
+                live += 1;
+            }
+        }
+        done.store(true, std::sync::atomic::Ordering::Release);
+        (four, late, seqs)
+    };
+    let ((four, mut late, mut seqs), (n1, seen1), (n2, seen2)) = tokio::join!(
+        churn,
+        keep_sending(&mut s1, 1, &done),
+        keep_sending(&mut s2, 2, &done)
+    );
+    let total = (n1 + n2) as u64;
+    while seqs.last() != Some(&total) {
+        let v = late.recv_json_type("message").await;
+        seqs.push(v["seq"].as_u64().expect("a seq"));
+    }
+    let first = seqs[0];
+    println!("{total} lines; the latecomer came in at seq {first}");
+    assert!(
+        seqs.iter().copied().eq(first..=total),
+        "the latecomer's run from {first} is unbroken and single"
+    );
+    let expected: Vec<u64> = (1..=total).collect();
+    for (c, mut seen) in [
+        (&mut s1, seen1),
+        (&mut s2, seen2),
+        (&mut w1, vec![]),
+        (&mut w2, vec![]),
+    ] {
+        let rest = total as usize - seen.len();
+        seen.extend(
+            tokio::time::timeout(WAIT * 3, lines(c, rest))
+                .await
+                .unwrap(),
+        );
+        let got: Vec<u64> = seen.iter().map(|(s, _)| *s).collect();
+        assert_eq!(got, expected, "no gap, no duplicate, in order");
+    }
+    for server in [one, two, four] {
+        server.shutdown().await;
+    }
+}
+
+/// Sends until `done` (at most 20,000 lines), 5 at a time, each time
+/// reading until its own 5th has come back (so the burst lasts as long
+/// as the churn, paced by delivery). Returns how many it sent and the
+/// lines it read meanwhile.
+async fn keep_sending(
+    c: &mut Client,
+    node: usize,
+    done: &std::sync::atomic::AtomicBool,
+) -> (usize, Vec<(u64, String)>) {
+    let (mut n, mut seen) = (0, Vec::new());
+    while !done.load(std::sync::atomic::Ordering::Acquire) && n < 20_000 {
+        for _ in 0..5 {
+            c.send(&format!("n{node}-{n}")).await;
+            n += 1;
+        }
+        let last = format!("n{node}-{}", n - 1);
+        while seen.last().is_none_or(|(_, text)| *text != last) {
+            seen.extend(lines(c, 1).await);
+        }
+    }
+    (n, seen)
+}
