@@ -66,7 +66,7 @@ const PAGE: usize = 512;
 /// line to the stream with the seq as its id and publishes it. KEYS: meta,
 /// log. ARGV: epoch candidate, max length, line (JSON), channel. Returns
 /// `{epoch, seq}`.
-const APPEND_SCRIPT: &str = r"
+pub const APPEND_SCRIPT: &str = r"
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 if not epoch then
   epoch = ARGV[1]
