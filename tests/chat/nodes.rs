@@ -653,3 +653,83 @@ async fn keep_sending(
     }
     (n, seen)
 }
+
+/// Redis away for ten seconds while two nodes' clients keep chatting:
+/// every send is refused with the clear reply, nobody is disconnected,
+/// both nodes answer `/readyz` 503; Redis back (empty): chat resumes
+/// within 5 s across the nodes, and presence is rebuilt by the nodes'
+/// refreshes.
+#[tokio::test]
+async fn ten_seconds_without_redis_refuse_sends_and_both_nodes_come_back() {
+    let Some(mut redis) = RedisServer::start() else {
+        return;
+    };
+    let start = || {
+        let mut config = unlimited_rate();
+        config.redis = Some(redis.url());
+        config.presence_ttl = Duration::from_secs(3);
+        TestServer::start_with(config)
+    };
+    let (one, two) = (start().await, start().await);
+    let (mut alice, _) = connect_json(&one).await;
+    let (mut bob, _) = connect_json(&two).await;
+    nick(&mut alice, "alice").await;
+    nick(&mut bob, "bob").await;
+
+    redis.stop();
+    let down = tokio::time::Instant::now();
+    let mut refused = 0;
+    while down.elapsed() < Duration::from_secs(10) {
+        alice.send("anyone?").await;
+        let v = alice.recv_json_type("error").await;
+        assert_eq!(
+            v["message"],
+            "the chat is unavailable right now (its store is down); try again shortly"
+        );
+        refused += 1;
+        // Chatting at a person's pace, not a flood.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(refused >= 10, "{refused}");
+    for server in [&one, &two] {
+        assert_eq!(crate::web::get(server.addr, "/readyz").await.status, 503);
+    }
+
+    redis.restart();
+    let back = tokio::time::Instant::now();
+    let line = loop {
+        alice.send("back?").await;
+        let v = alice.recv_json().await;
+        match v["type"].as_str() {
+            Some("message") => break v,
+            Some("error") => {
+                assert!(
+                    back.elapsed() < Duration::from_secs(5),
+                    "still refused 5 s after Redis came back"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            _ => {}
+        }
+    };
+    println!("chat back {:?} after Redis", back.elapsed());
+    // Bob, on the other node, gets it: the same line, numbered anew.
+    let got = bob.recv_json_type("message").await;
+    assert_eq!(got["seq"], line["seq"]);
+    assert_eq!(got["text"], line["text"]);
+    // The empty Redis learns who is where again from the refreshes.
+    let mut names = Vec::new();
+    for _ in 0..50 {
+        names = who(&mut bob).await;
+        if names == ["alice", "bob"] {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(names, ["alice", "bob"]);
+    for server in [&one, &two] {
+        assert_eq!(crate::web::get(server.addr, "/readyz").await.status, 200);
+    }
+    one.shutdown().await;
+    two.shutdown().await;
+}
