@@ -870,6 +870,14 @@ impl Hub {
             if let Some(room) = state.rooms.get_mut(&member.room) {
                 room.remove(old, member.json);
             }
+            if let Some(relay) = self.relay() {
+                // Its entry goes; the taker's comes with its `enter`.
+                relay.presence(Change::Leave {
+                    room: member.room.clone(),
+                    addr: member.addr,
+                    announce: None,
+                });
+            }
             member.mailbox.close();
             member
         } else {

@@ -733,3 +733,50 @@ async fn ten_seconds_without_redis_refuse_sends_and_both_nodes_come_back() {
     one.shutdown().await;
     two.shutdown().await;
 }
+
+/// A reclaim on the same node (the client came back before its old
+/// connection was noticed gone) changes nothing on the others: no leave,
+/// no join, and `/who` lists it once.
+#[tokio::test]
+async fn a_reclaim_on_its_own_node_is_silent_on_the_others() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let (one, two) = (node(&redis).await, node(&redis).await);
+    let (mut alice, _) = connect_json(&two).await;
+    nick(&mut alice, "alice").await;
+    let mut bob = Client::connect_query(&one, "nick=bob", Some("chat.v1.json")).await;
+    let welcome = bob.recv_json_type("welcome").await;
+    let token = welcome["reclaim"].as_str().expect("a token").to_string();
+    event_about(&mut alice, "joined", &bob.addr.to_string()).await;
+    let query = format!("nick=bob&reclaim={token}");
+    let mut back = Client::connect_query(&one, &query, Some("chat.v1.json")).await;
+    assert_eq!(back.recv_json_type("welcome").await["nick"], "bob");
+    // Something said after the reclaim, to know alice has had everything
+    // published before it.
+    back.send("/me is back").await;
+    loop {
+        let v = alice.recv_json().await;
+        if v["type"] == "action" {
+            assert_eq!(v["from"], back.addr.to_string());
+            break;
+        }
+        assert!(
+            !matches!(v["type"].as_str(), Some("joined" | "left")),
+            "a reclaim is silent: {v}"
+        );
+    }
+    let mut names = Vec::new();
+    for _ in 0..50 {
+        names = who(&mut alice).await;
+        if names == ["alice", "bob"] {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(names, ["alice", "bob"], "bob listed once");
+    drop(bob);
+    for server in [one, two] {
+        server.shutdown().await;
+    }
+}
