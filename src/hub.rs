@@ -223,6 +223,9 @@ pub trait Relay: Send + Sync + 'static {
     /// nicknames across nodes now (and stop refreshing them), so clients
     /// moving to another node get theirs back there at once.
     fn stopping(&self, have: Snapshot) -> futures_util::future::BoxFuture<'static, ()>;
+    /// How many are online on every node, as last counted (a welcome's
+    /// `online`).
+    fn online(&self) -> usize;
 }
 
 /// A cheap, cloneable handle to the shared chat state.
@@ -822,7 +825,12 @@ impl Hub {
             server: self.inner.config.name.clone(),
             addr,
             room,
-            online: state.members.len(),
+            // With a relay, everyone on every node (as of the last
+            // refresh, so never fewer than are here).
+            online: self
+                .relay()
+                .map_or(0, |r| r.online())
+                .max(state.members.len()),
             epoch: self.epoch(),
             rate: None, // the session fills in its own limit
             nick,

@@ -29,7 +29,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -161,13 +161,20 @@ pub async fn attach(
         },
     ));
     let stopping = Arc::new(AtomicBool::new(false));
-    let keeper = tokio::spawn(keep(presence.clone(), hub.clone(), stopping.clone()));
+    let online = Arc::new(AtomicUsize::new(0));
+    let keeper = tokio::spawn(keep(
+        presence.clone(),
+        hub.clone(),
+        stopping.clone(),
+        online.clone(),
+    ));
     hub.set_relay(
         Arc::new(RedisRelay {
             jobs: jobs.clone(),
             down: down.clone(),
             presence: presence.clone(),
             stopping,
+            online,
         }),
         epoch,
     );
@@ -217,6 +224,8 @@ struct RedisRelay {
     presence: Presence,
     /// Set when the server begins to stop: the keeper stops refreshing.
     stopping: Arc<AtomicBool>,
+    /// Members on every node, as the keeper last counted them.
+    online: Arc<AtomicUsize>,
 }
 
 impl Relay for RedisRelay {
@@ -356,6 +365,10 @@ impl Relay for RedisRelay {
                 warn!(error = %e.cause(), "could not free this server's nicknames in Redis; they expire by themselves");
             }
         })
+    }
+
+    fn online(&self) -> usize {
+        self.online.load(Ordering::Relaxed)
     }
 
     fn private(&self, mut event: Event, to: String, mailbox: Arc<Mailbox>) {
@@ -673,7 +686,7 @@ async fn append(log: &RedisLog, presence: &Presence, health: &Health, batch: &mu
 /// The keeper: every third of the TTL, refreshes this node's entries and
 /// nicknames in Redis and takes a turn at sweeping (if no other node holds
 /// the lock).
-async fn keep(presence: Presence, hub: Hub, stopping: Arc<AtomicBool>) {
+async fn keep(presence: Presence, hub: Hub, stopping: Arc<AtomicBool>, online: Arc<AtomicUsize>) {
     let mut tick = tokio::time::interval(presence.ttl() / 3);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -692,6 +705,9 @@ async fn keep(presence: Presence, hub: Hub, stopping: Arc<AtomicBool>) {
                 }
             }
             Err(e) => debug!(error = %e.cause(), "could not refresh presence in Redis"),
+        }
+        if let Ok(rooms) = presence.rooms().await {
+            online.store(rooms.iter().map(|r| r.members).sum(), Ordering::Relaxed);
         }
         match presence.sweep().await {
             Ok(Some(n)) if n > 0 => {

@@ -780,3 +780,34 @@ async fn a_reclaim_on_its_own_node_is_silent_on_the_others() {
         server.shutdown().await;
     }
 }
+
+/// A welcome's `online` counts every node (as of the last refresh).
+#[tokio::test]
+async fn the_welcome_counts_everyone_online_on_every_node() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let start = || {
+        let mut config = unlimited_rate();
+        config.redis = Some(redis.url());
+        config.presence_ttl = Duration::from_secs(3);
+        TestServer::start_with(config)
+    };
+    let (one, two) = (start().await, start().await);
+    let _on_two: Vec<Client> =
+        futures_util::future::join_all((0..3).map(|_| async { connect_json(&two).await.0 })).await;
+    // Three on the other node, and the newcomer itself: 4, once node one
+    // has counted (it does every second with this TTL).
+    let mut online = 0;
+    for _ in 0..40 {
+        let (_c, welcome) = connect_json(&one).await;
+        online = welcome["online"].as_u64().unwrap_or(0);
+        if online >= 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(online, 4, "the three on the other node and the newcomer");
+    one.shutdown().await;
+    two.shutdown().await;
+}
