@@ -250,7 +250,11 @@ impl RedisLog {
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(Some(RESPONSE_TIMEOUT))
             .set_min_delay(BACKOFF_MIN)
-            .set_max_delay(BACKOFF_MAX);
+            .set_max_delay(BACKOFF_MAX)
+            // One quick retry, not six with growing pauses (7.5 s): a dead
+            // Redis must show at once, so sends are refused and `/readyz`
+            // turns 503; the next call after Redis is back reconnects.
+            .set_number_of_retries(1);
         let conn = tokio::time::timeout(
             CONNECT_TIMEOUT * 2,
             ConnectionManager::new_with_config(client.clone(), config),

@@ -508,6 +508,9 @@ async fn a_node_killed_loses_only_its_connections_and_its_users_leave_in_time() 
     for i in 0..3 {
         alice.send(&format!("after {i}")).await;
     }
+    // The live node has them (else some would come to bob live, after
+    // the resume, rather than in it).
+    while lines(&mut alice, 1).await[0].1 != "after 2" {}
     // Bob's client moves to the live node at once with its token.
     let (_, token) = &on_two[0];
     let url = format!("{}/?nick=bob&reclaim={token}", one.url());
