@@ -287,12 +287,14 @@ fn start_session<T>(
     let session = if door.hub.is_shared() && hello.nick.is_some() {
         // Several servers: the nickname asked for is claimed across them
         // first. (Only here is the session built inside the future.)
+        // Boxed: unboxed, this variant (the session's future and what
+        // builds it) would size every connection's task, Redis or not.
         let (hub, config) = (door.hub.clone(), door.config.clone());
         let mut hello = hello;
-        async move {
+        Box::pin(async move {
             let greeting = hub.claim_hello(addr, &mut hello).await;
             session::run(ws, addr, encoding, hello, greeting, hub, &config.session).await;
-        }
+        })
         .left_future()
     } else {
         session::run(
