@@ -1720,6 +1720,20 @@ mod tests {
         String::from_utf8(shared.payload(crate::protocol::Encoding::Text).to_vec()).unwrap()
     }
 
+    #[test]
+    fn reclaim_secrets_from_the_pool_are_distinct_across_refills() {
+        // Three refills' worth: no secret repeats, none is the failure's 0,
+        // and what was handed out is no longer in the pool.
+        let count = 3 * RANDOM_POOL_BYTES / 16 + 5;
+        let secrets: std::collections::HashSet<u128> = (0..count).map(|_| fresh_secret()).collect();
+        assert_eq!(secrets.len(), count);
+        assert!(!secrets.contains(&0));
+        RANDOM_POOL.with(|pool| {
+            let pool = pool.borrow();
+            assert!(pool.bytes[..pool.next].iter().all(|&b| b == 0));
+        });
+    }
+
     /// Drains a cursor into text lines.
     fn drain(cursor: &mut Cursor) -> Vec<String> {
         let mut lines = vec![];
