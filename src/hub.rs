@@ -312,14 +312,49 @@ fn parse_token(token: &str) -> Option<(MemberId, u128)> {
     Some((MemberId(id), secret))
 }
 
-/// 128 bits from the operating system's random source (one `getrandom`
-/// call per connection); 0 if it fails, and the session then has no token.
+/// How many bytes of the operating system's random source [`fresh_secret`]
+/// takes at a time: one `getrandom` call per 256 connections instead of
+/// one per connection.
+const RANDOM_POOL_BYTES: usize = 4096;
+
+/// Bytes from the operating system's CSPRNG not yet handed out, per thread.
+/// Each secret is taken from it once and its bytes are zeroed as they are
+/// taken, so the pool holds no secret already given to a member.
+struct RandomPool {
+    bytes: [u8; RANDOM_POOL_BYTES],
+    /// Bytes before this have been handed out (and zeroed).
+    next: usize,
+}
+
+thread_local! {
+    static RANDOM_POOL: std::cell::RefCell<RandomPool> = const {
+        std::cell::RefCell::new(RandomPool { bytes: [0; RANDOM_POOL_BYTES], next: RANDOM_POOL_BYTES })
+    };
+}
+
+/// 128 bits from the operating system's random source, taken from a
+/// per-thread pool refilled with `getrandom` 4 KiB at a time (every byte
+/// comes straight from the OS CSPRNG; nothing is stretched or derived);
+/// 0 if the refill fails, and the session then has no token.
 fn fresh_secret() -> u128 {
-    let mut bytes = [0u8; 16];
-    match getrandom::getrandom(&mut bytes) {
-        Ok(()) => u128::from_le_bytes(bytes),
-        Err(_) => 0,
-    }
+    RANDOM_POOL.with(|pool| {
+        let mut pool = pool.borrow_mut();
+        if pool.next + 16 > RANDOM_POOL_BYTES {
+            if getrandom::getrandom(&mut pool.bytes).is_err() {
+                pool.bytes = [0; RANDOM_POOL_BYTES];
+                pool.next = RANDOM_POOL_BYTES;
+                return 0;
+            }
+            pool.next = 0;
+        }
+        let at = pool.next;
+        pool.next += 16;
+        let taken = &mut pool.bytes[at..at + 16];
+        let mut bytes = [0u8; 16];
+        bytes.copy_from_slice(taken);
+        taken.fill(0);
+        u128::from_le_bytes(bytes)
+    })
 }
 
 /// Whether `member` holds the secret `secret`, in constant time.
@@ -729,7 +764,7 @@ impl Hub {
         hello: &Hello,
         greeting: &Greeting,
     ) -> Connected {
-        // A system call: outside the lock.
+        // Now and then a system call (the pool refilled): outside the lock.
         let secret = fresh_secret();
         let mut state = self.state();
         state.next_id += 1;
@@ -1706,6 +1741,20 @@ mod tests {
 
     fn text(shared: &Shared) -> String {
         String::from_utf8(shared.payload(crate::protocol::Encoding::Text).to_vec()).unwrap()
+    }
+
+    #[test]
+    fn reclaim_secrets_from_the_pool_are_distinct_across_refills() {
+        // Three refills' worth: no secret repeats, none is the failure's 0,
+        // and what was handed out is no longer in the pool.
+        let count = 3 * RANDOM_POOL_BYTES / 16 + 5;
+        let secrets: std::collections::HashSet<u128> = (0..count).map(|_| fresh_secret()).collect();
+        assert_eq!(secrets.len(), count);
+        assert!(!secrets.contains(&0));
+        RANDOM_POOL.with(|pool| {
+            let pool = pool.borrow();
+            assert!(pool.bytes[..pool.next].iter().all(|&b| b == 0));
+        });
     }
 
     /// Drains a cursor into text lines.

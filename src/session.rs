@@ -762,7 +762,10 @@ where
     }
 
     /// Ends the connection politely where the peer can still hear it, and
-    /// logs why it ended.
+    /// logs why it ended: the ordinary ends (a Close, /quit, a dropped
+    /// connection) at debug, since `chat_disconnects_total` counts them by
+    /// reason and a line each was a tenth of a connection's cost; the
+    /// others (faults, timeouts, floods, shutdown) at info.
     async fn finish(mut self, end: End) {
         match end {
             End::Shutdown => {
@@ -771,22 +774,22 @@ where
                     .await;
             }
             End::Quit(_) => {
-                info!("left with /quit");
+                debug!("left with /quit");
                 self.close_with(CloseCode::NORMAL_CLOSURE, "bye").await;
             }
             End::ClosedByClient(close) => {
                 match close {
                     Some((code, reason)) => {
-                        info!(code = u16::from(code), reason = %reason, "client closed the connection")
+                        debug!(code = u16::from(code), reason = %reason, "client closed the connection")
                     }
-                    None => info!("client closed the connection"),
+                    None => debug!("client closed the connection"),
                 }
                 // tokio-websockets has queued the answering Close; the next
                 // read flushes it and reports the end of the stream.
                 let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.ws.next()).await;
             }
-            End::Gone => info!("connection dropped without a Close frame"),
-            End::Failed(tokio_websockets::Error::Io(e)) => info!(error = %e, "connection failed"),
+            End::Gone => debug!("connection dropped without a Close frame"),
+            End::Failed(tokio_websockets::Error::Io(e)) => debug!(error = %e, "connection failed"),
             End::Failed(e) => {
                 info!(error = %e, "closing: the client broke the protocol");
                 // For protocol errors and single oversized frames

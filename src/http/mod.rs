@@ -275,7 +275,9 @@ fn start_session<T>(
 ) where
     T: Transport + Send + 'static,
 {
-    info!(encoding = ?encoding, "connected");
+    // Per connection at debug: `chat_connections_total` counts them, and
+    // two info lines per connection were a tenth of the connect work.
+    debug!(encoding = ?encoding, "connected");
     // `None` is no limit.
     let limits = Limits::default().max_payload_len(door.config.session.max_message_bytes);
     // The WebSocket's 8 KiB read buffer would otherwise reuse a block the
