@@ -286,20 +286,20 @@ fn start_session<T>(
     let ws = ServerBuilder::new().limits(limits).serve(stream);
     drop(aside);
     // Shutdown reaches the session through the hub (`Hub::shutdown`).
-    let session = if door.hub.is_shared() && hello.nick.is_some() {
+    if door.hub.is_shared() && hello.nick.is_some() {
         // Several servers: the nickname asked for is claimed across them
-        // first. (Only here is the session built inside the future.)
-        // Boxed: unboxed, this variant (the session's future and what
-        // builds it) would size every connection's task, Redis or not.
+        // first, so only here is the session built inside the future. A
+        // task of its own type: in an `Either` with the plain session it
+        // would size every connection's task, Redis or not.
         let (hub, config) = (door.hub.clone(), door.config.clone());
         let mut hello = hello;
-        Box::pin(async move {
+        let session = async move {
             let greeting = hub.claim_hello(addr, &mut hello).await;
             session::run(ws, addr, encoding, hello, greeting, hub, &config.session).await;
-        })
-        .left_future()
+        };
+        spawn_session(session, ticket, door);
     } else {
-        session::run(
+        let session = session::run(
             ws,
             addr,
             encoding,
@@ -307,9 +307,18 @@ fn start_session<T>(
             Greeting::default(),
             door.hub.clone(),
             &door.config.session,
-        )
-        .right_future()
-    };
+        );
+        spawn_session(session, ticket, door);
+    }
+}
+
+/// Runs a session in a task of its own, counted, holding its place in the
+/// connection caps until it ends.
+fn spawn_session(
+    session: impl std::future::Future<Output = ()> + Send + 'static,
+    ticket: Ticket,
+    door: &Door,
+) {
     door.metrics.session_opened();
     let metrics = door.metrics.clone();
     // (`map`, not an `async` block, which would hold the session future
