@@ -15,6 +15,15 @@ async fn node(redis: &RedisServer) -> TestServer {
     TestServer::start_with(config).await
 }
 
+/// A node whose presence expires 3 s after its last refresh (one a
+/// second), for tests that wait on expiry or refresh.
+async fn quick_node(redis: &RedisServer) -> TestServer {
+    let mut config = unlimited_rate();
+    config.redis = Some(redis.url());
+    config.presence_ttl = Duration::from_secs(3);
+    TestServer::start_with(config).await
+}
+
 /// A JSON client, past its welcome (returned) and its own join.
 async fn connect_json(server: &TestServer) -> (Client, Value) {
     let mut c = Client::connect_raw(server, Some("chat.v1.json")).await;
@@ -280,6 +289,20 @@ async fn who(c: &mut Client) -> Vec<String> {
     names
 }
 
+/// `/who` asked until it lists `expected` (sorted), `pause` apart, at most
+/// 50 times.
+async fn who_until(c: &mut Client, expected: &[&str], pause: Duration) {
+    let mut names = Vec::new();
+    for _ in 0..50 {
+        names = who(c).await;
+        if names == expected {
+            return;
+        }
+        tokio::time::sleep(pause).await;
+    }
+    assert_eq!(names, expected, "/who never listed them");
+}
+
 /// `/rooms` as (name, members), asked until it says `expected` (what
 /// another node wrote reaches Redis a moment after its announcement),
 /// at most 50 times.
@@ -479,10 +502,7 @@ async fn a_node_killed_loses_only_its_connections_and_its_users_leave_in_time() 
     let Some(redis) = RedisServer::start() else {
         return;
     };
-    let mut config = unlimited_rate();
-    config.redis = Some(redis.url());
-    config.presence_ttl = Duration::from_secs(3);
-    let one = TestServer::start_with(config).await;
+    let one = quick_node(&redis).await;
     let (mut two, two_url) = node_process(&redis).await;
     let (mut alice, welcome) = connect_json(&one).await;
     let epoch = welcome["epoch"].as_u64().unwrap();
@@ -671,13 +691,7 @@ async fn ten_seconds_without_redis_refuse_sends_and_both_nodes_come_back() {
     let Some(mut redis) = RedisServer::start() else {
         return;
     };
-    let start = || {
-        let mut config = unlimited_rate();
-        config.redis = Some(redis.url());
-        config.presence_ttl = Duration::from_secs(3);
-        TestServer::start_with(config)
-    };
-    let (one, two) = (start().await, start().await);
+    let (one, two) = (quick_node(&redis).await, quick_node(&redis).await);
     let (mut alice, _) = connect_json(&one).await;
     let (mut bob, _) = connect_json(&two).await;
     nick(&mut alice, "alice").await;
@@ -725,15 +739,7 @@ async fn ten_seconds_without_redis_refuse_sends_and_both_nodes_come_back() {
     assert_eq!(got["seq"], line["seq"]);
     assert_eq!(got["text"], line["text"]);
     // The empty Redis learns who is where again from the refreshes.
-    let mut names = Vec::new();
-    for _ in 0..50 {
-        names = who(&mut bob).await;
-        if names == ["alice", "bob"] {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(names, ["alice", "bob"]);
+    who_until(&mut bob, &["alice", "bob"], Duration::from_millis(100)).await;
     for server in [&one, &two] {
         assert_eq!(crate::web::get(server.addr, "/readyz").await.status, 200);
     }
@@ -773,15 +779,8 @@ async fn a_reclaim_on_its_own_node_is_silent_on_the_others() {
             "a reclaim is silent: {v}"
         );
     }
-    let mut names = Vec::new();
-    for _ in 0..50 {
-        names = who(&mut alice).await;
-        if names == ["alice", "bob"] {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(names, ["alice", "bob"], "bob listed once");
+    // Bob listed once.
+    who_until(&mut alice, &["alice", "bob"], Duration::from_millis(20)).await;
     drop(bob);
     for server in [one, two] {
         server.shutdown().await;
@@ -794,13 +793,7 @@ async fn the_welcome_counts_everyone_online_on_every_node() {
     let Some(redis) = RedisServer::start() else {
         return;
     };
-    let start = || {
-        let mut config = unlimited_rate();
-        config.redis = Some(redis.url());
-        config.presence_ttl = Duration::from_secs(3);
-        TestServer::start_with(config)
-    };
-    let (one, two) = (start().await, start().await);
+    let (one, two) = (quick_node(&redis).await, quick_node(&redis).await);
     let _on_two: Vec<Client> =
         futures_util::future::join_all((0..3).map(|_| async { connect_json(&two).await.0 })).await;
     // Three on the other node, and the newcomer itself: 4, once node one
