@@ -275,7 +275,7 @@ fn start_session<T>(
 ) where
     T: Transport + Send + 'static,
 {
-    // Per connection at debug: `chat_connections_total` counts them, and
+    // Per connection at debug: `chat_connections_accepted_total` counts them, and
     // two info lines per connection were a tenth of the connect work.
     debug!(encoding = ?encoding, "connected");
     // `None` is no limit.
